@@ -1,0 +1,1 @@
+"""babysit: build, train and babysit neural networks on PyTorch."""
