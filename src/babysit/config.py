@@ -152,6 +152,7 @@ class TrainSpec(Section):
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     log_every: int | None = Field(None, ge=1)  # steps between logged points (default: once an epoch)
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
+    checkpoint_every_s: float = Field(10.0, ge=0.0)  # save last.pt at most this often (and after the last epoch)
 
 
 class ChecksSpec(Section):

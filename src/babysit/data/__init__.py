@@ -1,0 +1,181 @@
+"""Data: sources -> train/val/test splits -> preprocessing fitted on train -> in-memory batches.
+
+``load(spec.data, seed)`` is the one entry point the training loop uses::
+
+    source (sources.py)            x, y [, x_test, y_test] as numpy, validated by sources.check
+    test split                     from the source, else `test_fraction` carved off (stratified for classes)
+    val split                      `val_fraction` carved off the training pool (stratified for classes)
+    train_size                     keep the first N of the (shuffled) training examples
+    preprocessing (preprocess.py)  fitted on train only, applied to val and test
+
+All carving uses seeded permutations, so the same ``seed`` gives the same splits. The
+stratified carve keeps each class's share in val and test close to its share overall,
+which matters for small sets such as digits or spirals.
+
+Example
+-------
+>>> from babysit.config import DataSpec
+>>> splits = load(DataSpec(source="spirals", samples=300, val_fraction=0.1), seed=0)
+>>> len(splits.train), len(splits.val), len(splits.test), splits.input_shape, splits.num_classes
+(216, 24, 60, (2,), 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from babysit.config import DataSpec
+from babysit.data.batching import Batches
+from babysit.data.preprocess import Preprocessor
+from babysit.data.sources import SOURCES, check
+from babysit.errors import BabysitError
+
+__all__ = ["Batches", "Preprocessor", "Split", "Splits", "load", "holdout"]
+
+# independent random streams per purpose, so e.g. changing val_fraction never moves the test set
+_TEST_STREAM, _VAL_STREAM = 1, 2
+
+
+@dataclass
+class Split:
+    """Inputs ``x`` (N, *input_shape) float32 and targets ``y``: int64 (N,) classes or float32 (N,)/(N, k)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def to(self, device: torch.device | str) -> Split:
+        """Both tensors on ``device``, e.g. ``split.to("cuda")``."""
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class Splits:
+    """The three splits and what a model builder needs to know about them.
+
+    ``val`` is None when ``val_fraction`` is 0; ``test`` is None when the source has no
+    test split and ``test_fraction`` is 0. ``preprocessor`` is the fitted one, for new inputs.
+    """
+
+    train: Split
+    val: Split | None
+    test: Split | None
+    task: str
+    num_classes: int | None
+    input_shape: tuple[int, ...]
+    target_dim: int
+    class_names: list[str] | None = None
+    preprocessor: Preprocessor | None = None
+
+    def to(self, device: torch.device | str) -> Splits:
+        """Every split on ``device``; the metadata is shared."""
+        return dataclasses.replace(
+            self,
+            train=self.train.to(device),
+            val=None if self.val is None else self.val.to(device),
+            test=None if self.test is None else self.test.to(device),
+        )
+
+
+def load(spec: DataSpec, seed: int = 0) -> Splits:
+    """Read ``spec.source``, split it, preprocess it; returns CPU tensors.
+
+    Test comes from the source (mnist1d, npz with ``x_test``) or is carved off by
+    ``test_fraction``; val is carved off the training pool by ``val_fraction``; then
+    ``train_size`` keeps the first N training examples (all of them when there are fewer).
+    The preprocessing steps are fitted on the final training split only.
+
+    Example
+    -------
+    >>> from babysit.config import DataSpec
+    >>> splits = load(DataSpec(source="digits", train_size=100))
+    >>> len(splits.train), splits.input_shape, splits.test.x.shape[1:]
+    (100, (1, 8, 8), torch.Size([1, 8, 8]))
+    """
+    raw = check(SOURCES[spec.source](spec, seed))
+    classification = raw.task == "classification"
+    x, y, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
+
+    if x_test is None and spec.test_fraction > 0:
+        keep, held = holdout(len(x), spec.test_fraction, _rng(seed, _TEST_STREAM),
+                             y if classification else None, "data.test_fraction")
+        x, y, x_test, y_test = x[keep], y[keep], x[held], y[held]
+
+    x_val = y_val = None
+    if spec.val_fraction > 0:
+        keep, held = holdout(len(x), spec.val_fraction, _rng(seed, _VAL_STREAM),
+                             y if classification else None, "data.val_fraction")
+        x, y, x_val, y_val = x[keep], y[keep], x[held], y[held]
+
+    if spec.train_size is not None:
+        x, y = x[:spec.train_size], y[:spec.train_size]
+
+    train = _split(x, y)
+    preprocessor = Preprocessor(spec.preprocess).fit(train.x)
+
+    def prepared(split: Split | None) -> Split | None:
+        return None if split is None else Split(preprocessor.transform(split.x), split.y)
+
+    return Splits(
+        train=prepared(train),
+        val=prepared(_split(x_val, y_val)),
+        test=prepared(_split(x_test, y_test)),
+        task=raw.task,
+        num_classes=raw.num_classes if classification else None,
+        input_shape=tuple(x.shape[1:]),
+        target_dim=1 if classification or y.ndim == 1 else int(y.shape[1]),
+        class_names=raw.class_names,
+        preprocessor=preprocessor,
+    )
+
+
+def holdout(n: int, fraction: float, rng: np.random.Generator, labels: np.ndarray | None = None,
+            field: str = "fraction") -> tuple[np.ndarray, np.ndarray]:
+    """Split indices 0..n-1 into (kept, held out) with ``round(n * fraction)`` held out.
+
+    Both parts come in random order (a seeded permutation), so "the first N kept" is a
+    random subset even when the source is sorted by class. With ``labels`` the hold-out is
+    stratified: examples are ranked by their position within their own class, divided by
+    the class size, and the lowest ranks are held out, so every class gives the same share.
+    At least one example goes to each side when ``fraction`` > 0.
+
+    Example
+    -------
+    >>> kept, held = holdout(10, 0.2, np.random.default_rng(0), labels=np.array([0] * 5 + [1] * 5))
+    >>> len(kept), len(held), sorted(np.array([0] * 5 + [1] * 5)[held].tolist())
+    (8, 2, [0, 1])
+    """
+    if n < 2:
+        raise BabysitError(f"{field}: cannot hold out {fraction} of {n} example; "
+                           f"need at least 2 examples or set {field}: 0")
+    n_held = min(max(round(n * fraction), 1), n - 1)
+    perm = rng.permutation(n)
+    order = perm
+    if labels is not None:
+        permuted = labels[perm]
+        quantile = np.empty(n)
+        for c in np.unique(permuted):
+            members = np.flatnonzero(permuted == c)
+            quantile[members] = (np.arange(len(members)) + 0.5) / len(members)
+        order = perm[np.argsort(quantile, kind="stable")]
+    held = order[:n_held]
+    is_held = np.zeros(n, dtype=bool)
+    is_held[held] = True
+    return perm[~is_held[perm]], held
+
+
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng((seed % 2**64, stream))  # SeedSequence wants non-negative entropy
+
+
+def _split(x: np.ndarray | None, y: np.ndarray | None) -> Split | None:
+    if x is None:
+        return None
+    return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)))
+

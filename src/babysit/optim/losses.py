@@ -1,0 +1,193 @@
+"""Loss functions by name, for classification and regression, and predictions from outputs.
+
+Every loss takes the model's raw outputs ``(B, output_dim)`` (logits for classification)
+and the targets as the data gives them: int64 class ids ``(B,)`` for classification, float
+``(B,)`` or ``(B, k)`` for regression. Every loss is a mean over the batch.
+
+- ``cross_entropy``: softmax cross-entropy, ``nn.CrossEntropyLoss``.
+- ``nll``: ``log_softmax`` then ``nn.NLLLoss``; the same number as cross_entropy, kept as
+  a separate name because textbooks (and Keras) present the two separately.
+- ``mse`` / ``mae``: squared / absolute error; on class labels the outputs are compared
+  with one-hot targets (the classic "regression on one-hot codes" of early neural nets).
+- ``bce``: binary cross-entropy on logits. Two classes -> one logit; more classes ->
+  one-vs-rest, one logit per class against the one-hot code.
+- ``hinge``: the multi-class SVM loss of CS231n (Weston & Watkins 1999),
+  ``L_i = sum_{j != y_i} max(0, s_j - s_{y_i} + 1)``, mean over the batch.
+
+Element-wise losses (mse, mae, bce) average over every element, as torch's ``reduction='mean'``
+and Keras do, so a ``(B, C)`` one-hot comparison is divided by ``B * C``.
+
+Example
+-------
+>>> import torch
+>>> loss = build_loss("cross_entropy", "classification", num_classes=3)
+>>> round(loss(torch.zeros(4, 3), torch.tensor([0, 1, 2, 0])).item(), 4)  # ln 3
+1.0986
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from babysit.errors import BabysitError
+
+LOSSES = ("mse", "mae", "cross_entropy", "nll", "bce", "hinge")
+CLASSIFICATION_ONLY = ("cross_entropy", "nll", "bce", "hinge")
+TASKS = ("classification", "regression")
+
+
+class NLLFromLogits(nn.Module):
+    """``log_softmax`` then ``nn.NLLLoss``: takes the same logits as cross-entropy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nll = nn.NLLLoss()
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return self.nll(F.log_softmax(outputs, dim=-1), targets)
+
+
+class MulticlassHinge(nn.Module):
+    """The CS231n multi-class SVM loss: ``sum_{j != y} max(0, s_j - s_y + 1)``, batch mean.
+
+    ``nn.MultiMarginLoss`` computes the same sum divided by the number of classes, so it is
+    scaled back by ``C``; the initial loss of a small-weight network is then ``C - 1``, the
+    sanity check CS231n gives.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.margin = nn.MultiMarginLoss(margin=1.0)
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return self.margin(outputs, targets) * self.num_classes
+
+
+class OneHotRegression(nn.Module):
+    """mse / mae on class labels: compare raw outputs ``(B, C)`` with one-hot targets ``(B, C)``."""
+
+    def __init__(self, error: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.error = error
+        self.num_classes = num_classes
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        one_hot = F.one_hot(targets, self.num_classes).to(outputs.dtype)  # (B,) -> (B, C)
+        return self.error(outputs, one_hot)
+
+
+class Regression(nn.Module):
+    """mse / mae on continuous targets; a ``(B, 1)`` output meets a ``(B,)`` target without broadcasting to ``(B, B)``."""
+
+    def __init__(self, error: nn.Module) -> None:
+        super().__init__()
+        self.error = error
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        if outputs.dim() == targets.dim() + 1 and outputs.shape[-1] == 1:
+            outputs = outputs.squeeze(-1)  # (B, 1) -> (B,)
+        if outputs.shape != targets.shape:
+            raise ValueError(f"regression loss: outputs {tuple(outputs.shape)} do not match targets {tuple(targets.shape)}")
+        return self.error(outputs, targets.to(outputs.dtype))
+
+
+class BinaryBCE(nn.Module):
+    """Two classes, one logit: ``BCEWithLogits(outputs (B, 1) -> (B,), labels 0/1 as float)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return self.bce(outputs.squeeze(-1), targets.to(outputs.dtype))
+
+
+class OneVsRestBCE(nn.Module):
+    """More than two classes: one independent logistic unit per class against the one-hot code."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return self.bce(outputs, F.one_hot(targets, self.num_classes).to(outputs.dtype))
+
+
+def _check(name: str, task: str, num_classes: int | None) -> None:
+    if name not in LOSSES:
+        raise BabysitError(f"loss: must be one of {', '.join(LOSSES)}; got {name!r}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task == "regression" and name in CLASSIFICATION_ONLY:
+        raise BabysitError(
+            f"loss: '{name}' needs class labels, but the data's targets are continuous; use mse or mae"
+        )
+    if task == "classification" and (num_classes is None or num_classes < 2):
+        raise ValueError(f"classification needs num_classes >= 2, got {num_classes}")
+
+
+def build_loss(name: str, task: str, num_classes: int | None) -> nn.Module:
+    """The loss module for ``name`` on a ``task`` ('classification' or 'regression').
+
+    The module is called as ``loss(outputs, targets)`` with raw outputs ``(B, output_dim)``
+    (see :func:`output_dim`) and the data's targets, and returns the batch mean.
+
+    Example
+    -------
+    >>> import torch
+    >>> hinge = build_loss("hinge", "classification", num_classes=3)
+    >>> hinge(torch.zeros(2, 3), torch.tensor([0, 2])).item()  # CS231n: C - 1 at zero scores
+    2.0
+    """
+    _check(name, task, num_classes)
+    if task == "regression":
+        return Regression(nn.MSELoss() if name == "mse" else nn.L1Loss())
+    assert num_classes is not None
+    if name == "cross_entropy":
+        return nn.CrossEntropyLoss()
+    if name == "nll":
+        return NLLFromLogits()
+    if name == "hinge":
+        return MulticlassHinge(num_classes)
+    if name == "bce":
+        return BinaryBCE() if num_classes == 2 else OneVsRestBCE(num_classes)
+    return OneHotRegression(nn.MSELoss() if name == "mse" else nn.L1Loss(), num_classes)
+
+
+def output_dim(name: str, task: str, num_classes: int | None, target_dim: int) -> int:
+    """How many outputs the network needs for this loss: the classes, one logit for binary bce, or the targets.
+
+    Example
+    -------
+    >>> output_dim("bce", "classification", 2, 1), output_dim("cross_entropy", "classification", 10, 1)
+    (1, 10)
+    >>> output_dim("mse", "regression", None, 3)
+    3
+    """
+    _check(name, task, num_classes)
+    if task == "regression":
+        return target_dim
+    assert num_classes is not None
+    return 1 if name == "bce" and num_classes == 2 else num_classes
+
+
+def predict(outputs: Tensor, name: str) -> Tensor:
+    """Class ids ``(B,)`` from raw outputs: the sign of a single bce logit, else the argmax.
+
+    Example
+    -------
+    >>> import torch
+    >>> predict(torch.tensor([[0.3], [-2.0]]), "bce").tolist()
+    [1, 0]
+    >>> predict(torch.tensor([[0.1, 0.7, 0.2]]), "cross_entropy").tolist()
+    [1]
+    """
+    if name == "bce" and outputs.shape[-1] == 1:
+        return (outputs.squeeze(-1) > 0).long()
+    return outputs.argmax(-1)
+
+
+__all__ = ["LOSSES", "build_loss", "output_dim", "predict"]

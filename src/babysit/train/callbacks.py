@@ -1,0 +1,333 @@
+"""The loop's standard callbacks: metrics, TensorBoard, progress, early stopping, checkpoints.
+
+Each is a small object with a few hooks (see :class:`babysit.train.loop.Callback`). None of
+them does work per batch except where a user asked for it (``train.log_every``) or where a
+clock check is all it costs (the progress bar).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from babysit.train.checkpoint import rng_state, save_checkpoint
+from babysit.train.loop import Callback, Trainer
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN or inf: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLogger(Callback):
+    """Appends one JSON object per logged point to ``metrics.jsonl``.
+
+    Every epoch end is logged (step, epoch, lr, train_loss, train_acc, val_loss, val_acc,
+    time); with ``log_every`` the training loss of every N-th batch is logged too (one
+    ``.item()`` sync at those steps only).
+    """
+
+    def __init__(self, path: str | Path, log_every: int | None = None):
+        self.path = Path(path)
+        self.log_every = log_every
+        self._handle = None
+        if log_every is None:  # no per-batch work at all
+            self.on_batch_end = Callback.on_batch_end.__get__(self)  # type: ignore[method-assign]
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._handle = self.path.open("a", encoding="utf-8")
+
+    def _write(self, record: dict[str, Any]) -> None:
+        assert self._handle is not None
+        self._handle.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+
+    def on_batch_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
+        if self.log_every and trainer.state.step % self.log_every == 0:
+            self._write({
+                "step": trainer.state.step,
+                "epoch": trainer.state.epoch,
+                "lr": trainer.optimizer.param_groups[0]["lr"],
+                "batch_loss": loss.item(),
+            })
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        self._write(dict(logs))
+        assert self._handle is not None
+        self._handle.flush()
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def truncate_metrics(path: str | Path, last_step: int) -> None:
+    """Drop logged points after ``last_step`` (used when resuming from a checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+    path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+
+
+class TensorBoardLogger(Callback):
+    """Scalars of every epoch to TensorBoard event files (``tb/``)."""
+
+    def __init__(self, log_dir: str | Path):
+        self.log_dir = Path(log_dir)
+        self.writer = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(self.log_dir))
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        assert self.writer is not None
+        step = int(logs["step"])
+        for key, value in logs.items():
+            if key in ("step", "epoch"):
+                continue
+            group = "lr" if key == "lr" else key.replace("_", "/", 1)  # train/loss, val/acc...
+            self.writer.add_scalar(group, value, step)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+            self.writer = None
+
+
+def _describe(logs: dict[str, float]) -> str:
+    parts = []
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        if key in logs and logs[key] is not None:
+            value = logs[key]
+            parts.append(f"{key} {value:.2%}" if key.endswith("acc") else f"{key} {value:.4f}")
+    if "lr" in logs:
+        parts.append(f"lr {logs['lr']:.3g}")
+    return "  ".join(parts)
+
+
+class ProgressReporter(Callback):
+    """A rich progress bar on a terminal; a plain line every ``every_s`` seconds otherwise.
+
+    The bar advances per batch but redraws at most ``refresh_hz`` times a second: the only
+    per-batch cost is a clock read.
+    """
+
+    def __init__(self, total_epochs: int, steps_per_epoch: int, *, every_s: float = 5.0,
+                 refresh_hz: float = 8.0, stream: Any = None, force_plain: bool | None = None):
+        self.total_epochs = total_epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.every_s = every_s
+        self.min_interval = 1.0 / refresh_hz
+        self.stream = stream or sys.stdout
+        self.plain = force_plain if force_plain is not None else not self.stream.isatty()
+        self._progress = None
+        self._task = None
+        self._last = 0.0
+        self._last_epoch_logs: dict[str, float] = {}
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._last = time.monotonic()
+        if self.plain:
+            if trainer.state.epoch:
+                print(f"resuming at epoch {trainer.state.epoch}/{self.total_epochs}", file=self.stream, flush=True)
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=Console(file=self.stream),
+            auto_refresh=False,
+            transient=False,
+        )
+        self._progress.start()
+        total = self.total_epochs * self.steps_per_epoch
+        self._task = self._progress.add_task(
+            "train", total=total, completed=trainer.state.step if trainer.state.epoch else 0,
+            epoch=trainer.state.epoch, epochs=self.total_epochs, metrics="")
+
+    def on_batch_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
+        now = time.monotonic()
+        if now - self._last < self.min_interval:
+            return
+        self._last_batch_update(trainer, loss, now)
+
+    def _last_batch_update(self, trainer: Trainer, loss: torch.Tensor, now: float) -> None:
+        if self.plain:
+            if now - self._last >= self.every_s:
+                self._last = now
+                print(f"epoch {trainer.state.epoch + 1}/{self.total_epochs}  step {trainer.state.step}  "
+                      f"batch_loss {loss.item():.4f}", file=self.stream, flush=True)
+            return
+        self._last = now
+        assert self._progress is not None
+        metrics = _describe(self._last_epoch_logs) or f"batch_loss {loss.item():.4f}"
+        self._progress.update(self._task, completed=trainer.state.step, epoch=trainer.state.epoch + 1, metrics=metrics)
+        self._progress.refresh()
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        self._last_epoch_logs = logs
+        now = time.monotonic()
+        if self.plain:
+            last_epoch = trainer.state.epoch >= self.total_epochs or trainer.state.stop
+            if now - self._last >= self.every_s or last_epoch or trainer.state.epoch == 1:
+                self._last = now
+                print(f"epoch {trainer.state.epoch}/{self.total_epochs}  {_describe(logs)}", file=self.stream, flush=True)
+            return
+        assert self._progress is not None
+        self._progress.update(self._task, completed=trainer.state.step, epoch=trainer.state.epoch, metrics=_describe(logs))
+        if now - self._last >= self.min_interval:
+            self._last = now
+            self._progress.refresh()
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self._progress is not None:
+            if trainer.state.stop:  # stopped early: show the bar where it stopped
+                self._progress.update(self._task, total=trainer.state.step)
+            self._progress.refresh()
+            self._progress.stop()
+            self._progress = None
+        if trainer.state.stop_reason:
+            print(trainer.state.stop_reason, file=self.stream, flush=True)
+
+
+class EarlyStopping(Callback):
+    """Stops when the monitored metric has not improved for ``patience`` epochs, and at the
+    end of the run puts back the weights of the best epoch.
+
+    It also keeps the best weights in memory for :class:`Checkpointer`'s ``best.pt``.
+    With ``patience=None`` it only tracks the best epoch (no stop, no restore).
+    """
+
+    def __init__(self, monitor: str = "val_loss", patience: int | None = 10, min_delta: float = 0.0):
+        self.monitor = monitor
+        self.patience = patience
+        self.min_delta = min_delta
+        self.mode = "max" if monitor.endswith("acc") else "min"
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    def _value(self, logs: dict[str, float]) -> float | None:
+        if self.monitor in logs:
+            return logs[self.monitor]
+        # no validation split: fall back to the training counterpart
+        fallback = self.monitor.replace("val_", "train_")
+        return logs.get(fallback)
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        value = self._value(logs)
+        if value is None or not math.isfinite(value):
+            improved = False
+        elif self.best is None:
+            improved = True
+        elif self.mode == "min":
+            improved = value < self.best - self.min_delta
+        else:
+            improved = value > self.best + self.min_delta
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = value, trainer.state.epoch, 0
+            self.best_weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+            if self.patience is not None and self.bad_epochs >= self.patience:
+                trainer.state.stop = True
+                trainer.state.stop_reason = (f"early stopping at epoch {trainer.state.epoch}: {self.monitor} has not "
+                                             f"improved for {self.patience} epochs (best {self.best:.4g} at epoch {self.best_epoch})")
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.patience is not None and self.best_weights is not None:
+            trainer.model.load_state_dict(self.best_weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any], best_weights: dict[str, torch.Tensor] | None) -> None:
+        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
+        self.best_weights = best_weights
+
+
+class Checkpointer(Callback):
+    """Writes ``checkpoints/last.pt`` (everything needed to resume) and ``best.pt`` (the best
+    weights so far), atomically, at most every ``every_s`` seconds and after the last epoch.
+
+    Time-gating keeps the cost of fsync off short epochs; a run killed between saves resumes
+    from the last one and loses at most ``every_s`` seconds of work.
+    """
+
+    def __init__(self, folder: str | Path, *, generator: torch.Generator, epochs: int, every_s: float = 10.0,
+                 early_stopping: EarlyStopping | None = None, extra: Callable[[], dict[str, Any]] | None = None):
+        self.folder = Path(folder)
+        self.epochs = epochs
+        self.generator = generator
+        self.every_s = every_s
+        self.early_stopping = early_stopping
+        self.extra = extra
+        self._last_save = 0.0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._last_save = time.monotonic()
+
+    def save(self, trainer: Trainer) -> None:
+        state = trainer.state
+        checkpoint = {
+            "format": "babysit-checkpoint-1",
+            "model": trainer.model.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "schedule": trainer.schedule.state_dict() if trainer.schedule is not None else None,
+            "loop": {"epoch": state.epoch, "step": state.step, "stop": state.stop,
+                     "stop_reason": state.stop_reason, "elapsed": state.elapsed,
+                     "logs": {k: float(v) for k, v in state.logs.items()}},
+            "generator": self.generator.get_state(),
+            "rng": rng_state(),
+            "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
+        }
+        if trainer.scaler is not None:
+            checkpoint["scaler"] = trainer.scaler.state_dict()
+        if self.extra is not None:
+            checkpoint.update(self.extra())
+        es = self.early_stopping
+        if es is not None and es.best_weights is not None:
+            save_checkpoint(self.folder / "best.pt", {"model": es.best_weights, "epoch": es.best_epoch,
+                                                      "monitor": es.monitor, "value": es.best})
+        save_checkpoint(self.folder / "last.pt", checkpoint)
+        self._last_save = time.monotonic()
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        # the final save happens here, before EarlyStopping.on_fit_end puts the best weights
+        # back, so last.pt always holds the last weights
+        final = trainer.state.stop or trainer.state.epoch >= self.epochs
+        if final or time.monotonic() - self._last_save >= self.every_s:
+            self.save(trainer)

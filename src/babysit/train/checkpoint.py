@@ -1,0 +1,70 @@
+"""Checkpoints: written atomically, loaded without executing pickled code.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts saved with
+``torch.save`` to a temporary file in the same folder, flushed to disk and renamed over the
+target (``os.replace`` is atomic on POSIX), so a run killed at any moment leaves either the
+old checkpoint or the new one, never half of one. Loading uses ``torch.load(...,
+weights_only=True)``: torch's restricted unpickler, which refuses anything but tensors and
+primitive containers.
+
+Example
+-------
+>>> import tempfile, torch, os
+>>> path = os.path.join(tempfile.mkdtemp(), "last.pt")
+>>> save_checkpoint(path, {"step": 3, "w": torch.ones(2)})
+>>> load_checkpoint(path)["step"]
+3
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from babysit.errors import BabysitError
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (temp file in the same folder + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; a missing or damaged file is a BabysitError."""
+    path = Path(path)
+    if not path.exists():
+        raise BabysitError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        raise BabysitError(f"{path}: not a readable babysit checkpoint ({exc.__class__.__name__})") from None
+
+
+def rng_state() -> dict[str, Any]:
+    """The global torch RNG states (CPU and every CUDA device), for exact resume."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,273 @@
+"""The training loop: one readable loop with a small callback protocol.
+
+The hot path is what a careful hand-written PyTorch loop does (forward, loss, zero_grad,
+backward, step) and nothing that could be done once outside it: the batches are views of
+tensors already on the device, the epoch's batch losses are kept as tensors and reduced
+once at the end of the epoch (no ``.item()`` sync per step), optional work (input noise,
+L1, activity penalty, clipping, max-norm, per-batch schedules, AMP) is decided once before
+the loop, and callbacks that do nothing per batch are not called per batch.
+
+Callbacks are small objects with any of these hooks (see :class:`Callback`):
+``on_fit_start``, ``on_epoch_start``, ``on_batch_end``, ``on_epoch_end``, ``on_fit_end``.
+They read and write the :class:`Trainer` (``trainer.state``, ``trainer.model``...) and stop
+the run by setting ``trainer.state.stop = True``.
+
+Example
+-------
+>>> import torch
+>>> from torch import nn
+>>> from babysit.data.batching import Batches
+>>> x, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
+>>> model = nn.Linear(3, 2)
+>>> trainer = Trainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1))
+>>> state = trainer.fit(Batches(x, y, 16, torch.Generator().manual_seed(0)), epochs=2)
+>>> state.step
+8
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from babysit.data import Split
+from babysit.data.batching import Batches
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; checkpointed for resume."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    stop: bool = False  # set by a callback to end the run after the current epoch
+    stop_reason: str | None = None
+    logs: dict[str, float] = field(default_factory=dict)  # the last epoch's metrics
+    elapsed: float = 0.0  # training wall time in seconds, summed over resumed segments
+
+
+class Callback:
+    """Hooks the loop calls; override the ones you need."""
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+    def on_epoch_start(self, trainer: Trainer) -> None: ...
+    def on_batch_end(self, trainer: Trainer, loss: torch.Tensor) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None: ...
+    def on_fit_end(self, trainer: Trainer) -> None: ...
+
+
+def _overrides(callback: Callback, hook: str) -> bool:
+    return getattr(type(callback), hook) is not getattr(Callback, hook)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    split: Split,
+    predict: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int = 4096,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+) -> dict[str, float]:
+    """Mean loss (and accuracy when ``predict`` is given) of ``model`` on ``split`` in eval mode."""
+    was_training = model.training
+    model.eval()
+    n = len(split)
+    total_loss = torch.zeros((), device=split.x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=split.x.device, dtype=torch.int64)
+    for start in range(0, n, batch_size):
+        xb, yb = split.x[start : start + batch_size], split.y[start : start + batch_size]
+        with autocast():
+            out = model(xb)
+            loss = loss_fn(out, yb)
+        total_loss += loss.double() * len(xb)
+        if predict is not None:
+            correct += (predict(out) == yb).sum()
+    model.train(was_training)
+    result = {"loss": (total_loss / max(n, 1)).item()}
+    if predict is not None:
+        result["acc"] = correct.item() / max(n, 1)
+    return result
+
+
+class Trainer:
+    """Runs epochs of mini-batch training with callbacks.
+
+    Parameters
+    ----------
+    model: the network (already on its device).
+    loss_fn: ``loss_fn(outputs, targets) -> scalar``.
+    optimizer: a torch optimizer; LBFGS is driven through its closure.
+    schedule: an object with ``step_batch()``, ``step_epoch(val_loss)`` and ``per_batch``.
+    predict: ``outputs -> class ids`` for accuracy, None for regression.
+    penalty: ``model -> scalar`` added to the training loss (L1, activity...), or None.
+    after_step: ``model -> None`` run after each optimizer step (max-norm), or None.
+    input_noise: std of Gaussian noise added to training inputs.
+    grad_clip: clip the global gradient norm to this value.
+    precision: 'fp32', 'bf16' or 'fp16' (autocast; a grad scaler for fp16 on CUDA).
+    compile: run the forward through ``torch.compile``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        *,
+        schedule: Any | None = None,
+        callbacks: Iterable[Callback] = (),
+        predict: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+        after_step: Callable[[nn.Module], None] | None = None,
+        input_noise: float = 0.0,
+        grad_clip: float | None = None,
+        precision: str = "fp32",
+        compile: bool = False,
+        train_eval_size: int = 1024,
+    ):
+        self.model = model
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.callbacks = list(callbacks)
+        self.predict = predict
+        self.penalty = penalty
+        self.after_step = after_step
+        self.input_noise = input_noise
+        self.grad_clip = grad_clip
+        self.train_eval_size = train_eval_size
+        self.state = LoopState()
+        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.forward = torch.compile(model) if compile else model
+
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        if dtype is None:
+            self.autocast: Callable[[], Any] = contextlib.nullcontext
+        else:
+            device_type = self.device.type
+
+            def autocast() -> Any:
+                return torch.autocast(device_type=device_type, dtype=dtype)
+
+            self.autocast = autocast
+        # fp16 needs loss scaling against gradient underflow; bf16 has fp32's range and does not.
+        self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" and self.device.type == "cuda" else None
+        self.is_lbfgs = isinstance(optimizer, torch.optim.LBFGS)
+
+    # ------------------------------------------------------------------ one epoch
+
+    def _train_epoch(self, batches: Batches) -> list[torch.Tensor]:
+        model, loss_fn, optimizer, forward = self.model, self.loss_fn, self.optimizer, self.forward
+        penalty, after_step, autocast, scaler = self.penalty, self.after_step, self.autocast, self.scaler
+        noise, clip = self.input_noise, self.grad_clip
+        schedule_step = self.schedule.step_batch if self.schedule is not None and self.schedule.per_batch else None
+        batch_hooks = [cb.on_batch_end for cb in self.callbacks if _overrides(cb, "on_batch_end")]
+        losses: list[torch.Tensor] = []
+        model.train()
+        for xb, yb in batches:
+            if noise:
+                xb = xb + noise * torch.randn_like(xb)
+            if self.is_lbfgs:
+                loss = self._lbfgs_step(xb, yb)
+            else:
+                with autocast():
+                    loss = loss_fn(forward(xb), yb)
+                    objective = loss + penalty(model) if penalty is not None else loss
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(objective).backward()
+                    if clip:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    objective.backward()
+                    if clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), clip)
+                    optimizer.step()
+            if after_step is not None:
+                after_step(model)
+            if schedule_step is not None:
+                schedule_step()
+            loss = loss.detach()
+            losses.append(loss)
+            self.state.step += 1
+            for hook in batch_hooks:
+                hook(self, loss)
+        return losses
+
+    def _lbfgs_step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """L-BFGS re-evaluates the loss several times a step, so it takes a closure."""
+        holder: list[torch.Tensor] = []
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss = self.loss_fn(self.forward(xb), yb)
+                objective = loss + self.penalty(self.model) if self.penalty is not None else loss
+            objective.backward()
+            if self.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            if not holder:
+                holder.append(loss.detach())
+            return objective
+
+        self.optimizer.step(closure)
+        return holder[0]
+
+    # ------------------------------------------------------------------ the run
+
+    def fit(
+        self,
+        train: Batches,
+        epochs: int,
+        val: Split | None = None,
+        state: LoopState | None = None,
+    ) -> LoopState:
+        """Train until ``epochs`` epochs are complete (counting those in a resumed ``state``)
+        or a callback stops the run. Returns the final :class:`LoopState`."""
+        if state is not None:
+            self.state = state
+        # a fixed sample of the training set, evaluated in eval mode at the end of each epoch,
+        # so train and validation accuracy are measured the same way
+        n_eval = min(len(train.x), self.train_eval_size)
+        train_sample = Split(train.x[:n_eval], train.y[:n_eval])
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        started = time.perf_counter() - self.state.elapsed
+        while self.state.epoch < epochs and not self.state.stop:
+            for cb in self.callbacks:
+                cb.on_epoch_start(self)
+            losses = self._train_epoch(train)
+            self.state.epoch += 1
+            logs: dict[str, float] = {
+                "epoch": self.state.epoch,
+                "step": self.state.step,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "train_loss": torch.stack(losses).float().mean().item() if losses else float("nan"),
+            }
+            measured = evaluate(self.model, self.loss_fn, train_sample, self.predict, autocast=self.autocast)
+            if "acc" in measured:
+                logs["train_acc"] = measured["acc"]
+            if val is not None and len(val):
+                measured = evaluate(self.model, self.loss_fn, val, self.predict, autocast=self.autocast)
+                logs["val_loss"] = measured["loss"]
+                if "acc" in measured:
+                    logs["val_acc"] = measured["acc"]
+            if self.schedule is not None:
+                self.schedule.step_epoch(logs.get("val_loss", logs["train_loss"]))
+            self.state.elapsed = time.perf_counter() - started
+            logs["time"] = self.state.elapsed
+            self.state.logs = logs
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, logs)
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+        return self.state

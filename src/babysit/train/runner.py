@@ -1,0 +1,274 @@
+"""From a validated spec to a finished run directory.
+
+``run(spec)`` is what ``babysit train`` does: seed, load the data, build the network, loss,
+optimizer and schedule, train with the standard callbacks, evaluate every split and write
+``runs/<name>/`` (config.yaml, metrics.jsonl, summary.json, checkpoints/, tb/). Each piece
+it calls is usable on its own; this file only wires them.
+
+Example
+-------
+>>> from babysit.config import Experiment
+>>> result = run(Experiment(data={"source": "spirals"}, train={"epochs": 2}), out="/tmp/babysit-doc", quiet=True)
+>>> sorted(result.summary)[:3]
+['best_epoch', 'device', 'epochs']
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from babysit import config as config_module
+from babysit import data as data_module
+from babysit import nets
+from babysit.config import Experiment
+from babysit.data.batching import Batches
+from babysit.errors import BabysitError
+from babysit.optim import losses, optimizers, regularization, schedules
+from babysit.train.callbacks import (
+    Checkpointer,
+    EarlyStopping,
+    MetricsLogger,
+    ProgressReporter,
+    TensorBoardLogger,
+    truncate_metrics,
+)
+from babysit.train.checkpoint import load_checkpoint, set_rng_state
+from babysit.train.loop import Callback, LoopState, Trainer, evaluate
+
+
+@dataclass
+class RunResult:
+    path: Path
+    summary: dict[str, Any]
+    model: nn.Module
+    splits: data_module.Splits
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA, then Apple's MPS, then the CPU; an unavailable device is a BabysitError."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BabysitError("train.device: 'cuda' is not available on this machine; use auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise BabysitError("train.device: 'mps' is not available on this machine; use auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_directory(spec: Experiment, out: str | Path | None, resume: bool) -> Path:
+    """``out`` is the run directory itself; by default ``runs/<name>``, with ``-2``, ``-3``...
+    appended when that exists (a new run never overwrites an old one). With ``resume`` and no
+    ``out``, the newest ``runs/<name>*`` is continued."""
+    if out is not None:
+        path = Path(out)
+        if resume:
+            if not (path / "checkpoints" / "last.pt").exists():
+                raise BabysitError(f"{path}: no checkpoint to resume from (expected {path / 'checkpoints' / 'last.pt'})")
+        elif (path / "config.yaml").exists():
+            raise BabysitError(f"{path}: a run is already there; pass --resume to continue it or choose another --out")
+        return path
+    root, name = Path("runs"), spec.run_name
+    if resume:
+        candidates = [p for p in root.glob(f"{name}*") if (p / "checkpoints" / "last.pt").exists()
+                      and (p.name == name or p.name.removeprefix(name + "-").isdigit())]
+        if not candidates:
+            raise BabysitError(f"runs/{name}: no run to resume; train it first or pass --out RUN_DIR")
+        return max(candidates, key=lambda p: (p / "checkpoints" / "last.pt").stat().st_mtime)
+    path, n = root / name, 1
+    while (path / "config.yaml").exists():
+        n += 1
+        path = root / f"{name}-{n}"
+    return path
+
+
+def build_model(spec: Experiment, splits: data_module.Splits) -> nn.Module:
+    out_dim = losses.output_dim(spec.loss, splits.task, splits.num_classes, splits.target_dim)
+    return nets.build(spec.model, splits.input_shape, out_dim)
+
+
+def make_penalty(spec: Experiment, model: nn.Module) -> tuple[Any, regularization.ActivityRegularizer | None]:
+    """L1 on weights and the activity penalty as one ``model -> scalar`` function (or None)."""
+    l1 = spec.regularization.l1
+    activity = None
+    if spec.regularization.activity > 0:
+        activity = regularization.ActivityRegularizer(nets.activation_modules(model), spec.regularization.activity)
+    if not l1 and activity is None:
+        return None, None
+
+    def penalty(m: nn.Module) -> torch.Tensor:
+        total = torch.zeros((), device=next(m.parameters()).device)
+        if l1:
+            total = total + l1 * regularization.l1_penalty(m)
+        if activity is not None:
+            total = total + activity.penalty()
+        return total
+
+    return penalty, activity
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _check_resume_spec(saved: Experiment, given: Experiment) -> None:
+    """A resumed run must be the same experiment; only the number of epochs may grow."""
+    a, b = saved.to_dict(), given.to_dict()
+    a["train"].pop("epochs"), b["train"].pop("epochs")
+    for section in a:
+        if a[section] != b.get(section):
+            if isinstance(a[section], dict):
+                for key in a[section]:
+                    if a[section][key] != b[section].get(key):
+                        raise BabysitError(f"--resume: {section}.{key} differs from the run's config.yaml "
+                                           f"({a[section][key]!r} there, {b[section][key]!r} now); only train.epochs may change")
+            raise BabysitError(f"--resume: {section} differs from the run's config.yaml; only train.epochs may change")
+
+
+def run(
+    spec: Experiment,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    extra_callbacks: list[Callback] | None = None,
+    progress_stream: Any = None,
+) -> RunResult:
+    """Train the experiment and write its run directory; returns the path, summary, model and data."""
+    path = run_directory(spec, out, resume)
+    if resume:
+        saved = config_module.load(path / "config.yaml")
+        _check_resume_spec(saved, spec)
+    device = resolve_device(spec.train.device)
+    if spec.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    seed_everything(spec.seed)
+
+    splits = data_module.load(spec.data, spec.seed).to(device)
+    model = build_model(spec, splits).to(device)
+    is_2d_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if device.type == "cuda" and is_2d_conv:
+        # tensor cores want NHWC: convert the weights and the (in-memory) inputs once
+        model = model.to(memory_format=torch.channels_last)
+        for split in (splits.train, splits.val, splits.test):
+            if split is not None and split.x.dim() == 4:
+                split.x = split.x.contiguous(memory_format=torch.channels_last)
+    loss_fn = losses.build_loss(spec.loss, splits.task, splits.num_classes)
+    predict = (lambda out, _name=spec.loss: losses.predict(out, _name)) if splits.task == "classification" else None
+    optimizer = optimizers.build_optimizer(spec.optimizer, model)
+    generator = torch.Generator().manual_seed(spec.seed)
+    batches = Batches(splits.train.x, splits.train.y, spec.data.batch_size, generator)
+    schedule = schedules.build_schedule(spec.schedule, optimizer, len(batches), spec.train.epochs)
+    penalty, activity = make_penalty(spec, model)
+    max_norm = spec.regularization.max_norm
+    after_step = (lambda m: regularization.apply_max_norm(m, max_norm)) if max_norm else None
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "checkpoints").mkdir(exist_ok=True)
+    config_module.save(spec, path / "config.yaml")
+
+    state = LoopState()
+    early = EarlyStopping(spec.train.early_stopping.monitor, spec.train.early_stopping.patience,
+                          spec.train.early_stopping.min_delta)
+    if resume:
+        checkpoint = load_checkpoint(path / "checkpoints" / "last.pt", map_location=device)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("schedule") is not None:
+            schedule.load_state_dict(checkpoint["schedule"])
+        loop = checkpoint["loop"]
+        state = LoopState(epoch=loop["epoch"], step=loop["step"], stop=loop["stop"],
+                          stop_reason=loop["stop_reason"], elapsed=loop["elapsed"], logs=dict(loop["logs"]))
+        generator.set_state(checkpoint["generator"])
+        set_rng_state(checkpoint["rng"])
+        if checkpoint.get("early_stopping") is not None:
+            best_path = path / "checkpoints" / "best.pt"
+            best = load_checkpoint(best_path, map_location=device)["model"] if best_path.exists() else None
+            early.load_state_dict(checkpoint["early_stopping"], best)
+        truncate_metrics(path / "metrics.jsonl", state.step)
+
+    callbacks: list[Callback] = [
+        MetricsLogger(path / "metrics.jsonl", spec.train.log_every),
+        TensorBoardLogger(path / "tb"),
+        early,
+        Checkpointer(path / "checkpoints", generator=generator, epochs=spec.train.epochs,
+                     every_s=spec.train.checkpoint_every_s, early_stopping=early),
+        *(extra_callbacks or []),
+    ]
+    if not quiet:
+        callbacks.append(ProgressReporter(spec.train.epochs, len(batches), stream=progress_stream))
+    trainer = Trainer(
+        model, loss_fn, optimizer, schedule=schedule, callbacks=callbacks, predict=predict,
+        penalty=penalty, after_step=after_step, input_noise=spec.regularization.input_noise,
+        grad_clip=spec.optimizer.grad_clip, precision=spec.train.precision, compile=spec.train.compile,
+    )
+    started = time.perf_counter()
+    state = trainer.fit(batches, spec.train.epochs, splits.val, state=state)
+    if activity is not None:
+        activity.remove()
+
+    summary: dict[str, Any] = {"name": spec.run_name}
+    for split_name in ("train", "val", "test"):
+        split = getattr(splits, split_name)
+        if split is None or not len(split):
+            continue
+        measured = evaluate(model, loss_fn, split, predict, autocast=trainer.autocast)
+        summary[f"{split_name}_loss"] = measured["loss"]
+        if "acc" in measured:
+            summary[f"{split_name}_acc"] = measured["acc"]
+    summary.update({
+        "epochs": state.epoch,
+        "steps": state.step,
+        "best_epoch": early.best_epoch,
+        "stopped_early": bool(state.stop),
+        "stop_reason": state.stop_reason,
+        "wall_time_s": round(state.elapsed, 3),
+        "session_time_s": round(time.perf_counter() - started, 3),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        **environment(device),
+    })
+    (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return RunResult(path=path, summary=summary, model=model, splits=splits)
+
+
+def main_summary_lines(result: RunResult) -> list[str]:
+    """The lines ``babysit train`` prints at the end."""
+    s = result.summary
+    lines = [f"run directory: {result.path}"]
+    for split in ("train", "val", "test"):
+        if f"{split}_loss" in s:
+            acc = f"  accuracy {s[f'{split}_acc']:.2%}" if f"{split}_acc" in s else ""
+            lines.append(f"{split:>5}: loss {s[f'{split}_loss']:.4f}{acc}")
+    lines.append(f"{s['epochs']} epochs, {s['steps']} steps in {s['wall_time_s']:.1f} s on {s['device']}")
+    return lines
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: babysit train")

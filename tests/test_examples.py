@@ -1,0 +1,24 @@
+"""Every spec in examples/ is valid and trains (one short epoch each)."""
+
+from pathlib import Path
+
+import pytest
+
+from babysit import config
+from babysit.train.runner import run
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+
+
+def test_the_examples_cover_the_range():
+    names = {p.stem for p in EXAMPLES}
+    assert {"mnist1d-logreg", "mnist1d-mlp", "mnist1d-cnn", "digits-cnn", "spirals-mlp", "mnist1d-resnet"} <= names
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_trains(path, tmp_path):
+    spec = config.load(path, ["train.epochs=1", "data.train_size=200", "schedule.warmup_steps=0"])
+    assert spec.run_name == path.stem
+    result = run(spec, tmp_path / path.stem, quiet=True)
+    assert result.summary["steps"] > 0
+    assert result.summary["test_acc"] > 0
