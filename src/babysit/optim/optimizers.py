@@ -106,7 +106,8 @@ def parameter_split(
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Optimizer parameter groups: weight matrices with ``weight_decay``, the rest with none.
+    """Optimizer parameter groups: weight matrices with ``weight_decay``, the rest with none
+    (one group of everything when ``weight_decay`` is 0).
 
     Each group carries ``param_names`` (torch keeps it in ``optimizer.param_groups``), so
     monitors and tests can tell which parameter is which. Empty groups are left out.
@@ -117,6 +118,11 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     >>> [(g["param_names"], g["weight_decay"]) for g in groups]
     [(['weight'], 0.0001), (['bias'], 0.0)]
     """
+    if weight_decay == 0:
+        # one group: every fused/foreach kernel launch is per group, and on small models a
+        # second group costs about 6% of a step (benchmarks/loop_overhead.py)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        return [{"params": [p for _, p in named], "param_names": [n for n, _ in named], "weight_decay": 0.0}] if named else []
     decay, no_decay = parameter_split(model)
     groups = []
     for pairs, wd in ((decay, weight_decay), (no_decay, 0.0)):

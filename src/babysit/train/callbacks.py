@@ -36,14 +36,17 @@ class MetricsLogger(Callback):
     ``.item()`` sync at those steps only).
     """
 
-    def __init__(self, path: str | Path, log_every: int | None = None):
+    def __init__(self, path: str | Path, log_every: int | None = None, flush_every_s: float = 2.0):
         self.path = Path(path)
         self.log_every = log_every
+        self.flush_every_s = flush_every_s
         self._handle = None
+        self._last_flush = 0.0
         if log_every is None:  # no per-batch work at all
             self.on_batch_end = Callback.on_batch_end.__get__(self)  # type: ignore[method-assign]
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = self.path.open("a", encoding="utf-8")
 
     def _write(self, record: dict[str, Any]) -> None:
@@ -61,8 +64,15 @@ class MetricsLogger(Callback):
 
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         self._write(dict(logs))
-        assert self._handle is not None
-        self._handle.flush()
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand buffered lines to the OS (the checkpointer calls this before each save, so a
+        killed run never has a checkpoint newer than its metrics)."""
+        if self._handle is not None:
+            self._handle.flush()
+        self._last_flush = time.monotonic()
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if self._handle is not None:
@@ -86,28 +96,50 @@ def truncate_metrics(path: str | Path, last_step: int) -> None:
 
 
 class TensorBoardLogger(Callback):
-    """Scalars of every epoch to TensorBoard event files (``tb/``)."""
+    """Scalars of every epoch to TensorBoard event files (``tb/``).
 
-    def __init__(self, log_dir: str | Path):
+    Each epoch's scalars go into one event (``add_scalar`` would build and write one event
+    per value), and events are handed to the writer at most every ``every_s`` seconds and
+    at the end: on short epochs the writer's background thread would otherwise wake up,
+    and take the GIL, every few milliseconds.
+    """
+
+    def __init__(self, log_dir: str | Path, every_s: float = 5.0):
         self.log_dir = Path(log_dir)
+        self.every_s = every_s
         self.writer = None
+        self._pending: list[tuple[int, dict[str, float]]] = []
+        self._last = 0.0
 
     def on_fit_start(self, trainer: Trainer) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
+        self._last = time.monotonic()
+
+    def _write_pending(self) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        assert self.writer is not None
+        file_writer = self.writer._get_file_writer()
+        for step, logs in self._pending:
+            values = [
+                Summary.Value(tag="lr" if key == "lr" else key.replace("_", "/", 1), simple_value=float(value))  # train/loss, val/acc...
+                for key, value in logs.items()
+                if key not in ("step", "epoch") and value is not None
+            ]
+            file_writer.add_summary(Summary(value=values), step)
+        self._pending.clear()
+        self._last = time.monotonic()
 
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
-        assert self.writer is not None
-        step = int(logs["step"])
-        for key, value in logs.items():
-            if key in ("step", "epoch"):
-                continue
-            group = "lr" if key == "lr" else key.replace("_", "/", 1)  # train/loss, val/acc...
-            self.writer.add_scalar(group, value, step)
+        self._pending.append((int(logs["step"]), dict(logs)))
+        if time.monotonic() - self._last >= self.every_s:
+            self._write_pending()
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if self.writer is not None:
+            self._write_pending()
             self.writer.flush()
             self.writer.close()
             self.writer = None
@@ -259,7 +291,12 @@ class EarlyStopping(Callback):
             improved = value > self.best + self.min_delta
         if improved:
             self.best, self.best_epoch, self.bad_epochs = value, trainer.state.epoch, 0
-            self.best_weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+            state = trainer.model.state_dict()
+            if self.best_weights is not None and self.best_weights.keys() == state.keys():
+                for key, tensor in state.items():  # reuse the buffers: no allocation per epoch
+                    self.best_weights[key].copy_(tensor)
+            else:
+                self.best_weights = {k: v.detach().clone() for k, v in state.items()}
         else:
             self.bad_epochs += 1
             if self.patience is not None and self.bad_epochs >= self.patience:
@@ -276,7 +313,7 @@ class EarlyStopping(Callback):
 
     def load_state_dict(self, state: dict[str, Any], best_weights: dict[str, torch.Tensor] | None) -> None:
         self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
-        self.best_weights = best_weights
+        self.best_weights = None if best_weights is None else {k: v.clone() for k, v in best_weights.items()}
 
 
 class Checkpointer(Callback):
@@ -288,9 +325,12 @@ class Checkpointer(Callback):
     """
 
     def __init__(self, folder: str | Path, *, generator: torch.Generator, epochs: int, every_s: float = 10.0,
-                 early_stopping: EarlyStopping | None = None, extra: Callable[[], dict[str, Any]] | None = None):
+                 early_stopping: EarlyStopping | None = None, extra: Callable[[], dict[str, Any]] | None = None,
+                 before_save: list[Callable[[], None]] | None = None):
         self.folder = Path(folder)
         self.epochs = epochs
+        self.before_save = before_save or []
+        self._saved_best_epoch: int | None = None
         self.generator = generator
         self.every_s = every_s
         self.early_stopping = early_stopping
@@ -318,10 +358,13 @@ class Checkpointer(Callback):
             checkpoint["scaler"] = trainer.scaler.state_dict()
         if self.extra is not None:
             checkpoint.update(self.extra())
+        for hook in self.before_save:
+            hook()
         es = self.early_stopping
-        if es is not None and es.best_weights is not None:
+        if es is not None and es.best_weights is not None and es.best_epoch != self._saved_best_epoch:
             save_checkpoint(self.folder / "best.pt", {"model": es.best_weights, "epoch": es.best_epoch,
                                                       "monitor": es.monitor, "value": es.best})
+            self._saved_best_epoch = es.best_epoch
         save_checkpoint(self.folder / "last.pt", checkpoint)
         self._last_save = time.monotonic()
 

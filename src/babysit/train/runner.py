@@ -214,12 +214,13 @@ def run(
             early.load_state_dict(checkpoint["early_stopping"], best)
         truncate_metrics(path / "metrics.jsonl", state.step)
 
+    metrics = MetricsLogger(path / "metrics.jsonl", spec.train.log_every)
     callbacks: list[Callback] = [
-        MetricsLogger(path / "metrics.jsonl", spec.train.log_every),
+        metrics,
         TensorBoardLogger(path / "tb"),
         early,
         Checkpointer(path / "checkpoints", generator=generator, epochs=spec.train.epochs,
-                     every_s=spec.train.checkpoint_every_s, early_stopping=early),
+                     every_s=spec.train.checkpoint_every_s, early_stopping=early, before_save=[metrics.flush]),
         *(extra_callbacks or []),
     ]
     if not quiet:
