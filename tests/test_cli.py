@@ -126,3 +126,10 @@ def test_help_explains(args, capsys):
     code, out, _ = run_cli(args, capsys)
     assert code == 0
     assert "babysit" in out.lower() or "spec" in out.lower()
+
+
+def test_usage_errors_exit_2_without_traceback(capsys):
+    code, out, err = run_cli(["train", "--bogus"], capsys)
+    assert code == 2 and "No such option" in err and "Traceback" not in err
+    code, out, err = run_cli([], capsys)
+    assert code == 2 and "train" in out + err and "Traceback" not in out + err

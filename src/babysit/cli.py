@@ -90,24 +90,13 @@ def train(
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        app()  # standalone: usage errors and --help are handled (and exit) the usual way
     except BabysitError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(BabysitError.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted; continue with --resume", err=True)
         sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":
