@@ -198,7 +198,8 @@ def run(
     early = EarlyStopping(spec.train.early_stopping.monitor, spec.train.early_stopping.patience,
                           spec.train.early_stopping.min_delta)
     if resume:
-        checkpoint = load_checkpoint(path / "checkpoints" / "last.pt", map_location=device)
+        # on the CPU: RNG and generator states must be CPU tensors; load_state_dict moves the rest
+        checkpoint = load_checkpoint(path / "checkpoints" / "last.pt", map_location="cpu")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         if checkpoint.get("schedule") is not None:
@@ -210,7 +211,7 @@ def run(
         set_rng_state(checkpoint["rng"])
         if checkpoint.get("early_stopping") is not None:
             best_path = path / "checkpoints" / "best.pt"
-            best = load_checkpoint(best_path, map_location=device)["model"] if best_path.exists() else None
+            best = {k: v.to(device) for k, v in load_checkpoint(best_path)["model"].items()} if best_path.exists() else None
             early.load_state_dict(checkpoint["early_stopping"], best)
         truncate_metrics(path / "metrics.jsonl", state.step)
 
@@ -230,6 +231,8 @@ def run(
         penalty=penalty, after_step=after_step, input_noise=spec.regularization.input_noise,
         grad_clip=spec.optimizer.grad_clip, precision=spec.train.precision, compile=spec.train.compile,
     )
+    if resume and trainer.scaler is not None and "scaler" in checkpoint:
+        trainer.scaler.load_state_dict(checkpoint["scaler"])
     started = time.perf_counter()
     state = trainer.fit(batches, spec.train.epochs, splits.val, state=state)
     if activity is not None:
