@@ -63,7 +63,10 @@ class Callback:
 
 
 def _overrides(callback: Callback, hook: str) -> bool:
-    return getattr(type(callback), hook) is not getattr(Callback, hook)
+    """Whether the callback does something in ``hook`` (on the instance: a callback may switch
+    a hook off by binding the base class's no-op to itself)."""
+    method = getattr(callback, hook)
+    return getattr(method, "__func__", method) is not getattr(Callback, hook)
 
 
 @torch.no_grad()

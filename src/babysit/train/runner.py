@@ -162,13 +162,31 @@ def run(
     progress_stream: Any = None,
 ) -> RunResult:
     """Train the experiment and write its run directory; returns the path, summary, model and data."""
+    # train.deterministic is process-wide in torch: set it for this run only
+    before = torch.are_deterministic_algorithms_enabled()
+    if spec.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    try:
+        return _run(spec, out, resume=resume, quiet=quiet, extra_callbacks=extra_callbacks,
+                    progress_stream=progress_stream)
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def _run(
+    spec: Experiment,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    extra_callbacks: list[Callback] | None = None,
+    progress_stream: Any = None,
+) -> RunResult:
     path = run_directory(spec, out, resume)
     if resume:
         saved = config_module.load(path / "config.yaml")
         _check_resume_spec(saved, spec)
     device = resolve_device(spec.train.device)
-    if spec.train.deterministic:
-        torch.use_deterministic_algorithms(True)
     seed_everything(spec.seed)
 
     splits = data_module.load(spec.data, spec.seed).to(device)
