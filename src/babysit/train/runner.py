@@ -107,6 +107,23 @@ def build_model(spec: Experiment, splits: data_module.Splits) -> nn.Module:
     return nets.build(spec.model, splits.input_shape, out_dim)
 
 
+def prepare(spec: Experiment) -> tuple[torch.device, data_module.Splits, nn.Module, nn.Module]:
+    """Seed, then the device, the data on it, the initialised network and the loss of a spec."""
+    device = resolve_device(spec.train.device)
+    seed_everything(spec.seed)
+    splits = data_module.load(spec.data, spec.seed).to(device)
+    model = build_model(spec, splits).to(device)
+    is_2d_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if device.type == "cuda" and is_2d_conv:
+        # tensor cores want NHWC: convert the weights and the (in-memory) inputs once
+        model = model.to(memory_format=torch.channels_last)
+        for split in (splits.train, splits.val, splits.test):
+            if split is not None and split.x.dim() == 4:
+                split.x = split.x.contiguous(memory_format=torch.channels_last)
+    loss_fn = losses.build_loss(spec.loss, splits.task, splits.num_classes)
+    return device, splits, model, loss_fn
+
+
 def make_penalty(spec: Experiment, model: nn.Module) -> tuple[Any, regularization.ActivityRegularizer | None]:
     """L1 on weights and the activity penalty as one ``model -> scalar`` function (or None)."""
     l1 = spec.regularization.l1
@@ -186,19 +203,7 @@ def _run(
     if resume:
         saved = config_module.load(path / "config.yaml")
         _check_resume_spec(saved, spec)
-    device = resolve_device(spec.train.device)
-    seed_everything(spec.seed)
-
-    splits = data_module.load(spec.data, spec.seed).to(device)
-    model = build_model(spec, splits).to(device)
-    is_2d_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    if device.type == "cuda" and is_2d_conv:
-        # tensor cores want NHWC: convert the weights and the (in-memory) inputs once
-        model = model.to(memory_format=torch.channels_last)
-        for split in (splits.train, splits.val, splits.test):
-            if split is not None and split.x.dim() == 4:
-                split.x = split.x.contiguous(memory_format=torch.channels_last)
-    loss_fn = losses.build_loss(spec.loss, splits.task, splits.num_classes)
+    device, splits, model, loss_fn = prepare(spec)
     predict = (lambda out, _name=spec.loss: losses.predict(out, _name)) if splits.task == "classification" else None
     optimizer = optimizers.build_optimizer(spec.optimizer, model)
     generator = torch.Generator().manual_seed(spec.seed)
