@@ -1,5 +1,6 @@
 """The command line: training end to end, and bad input that ends in one line and exit code 2."""
 
+import json
 import os
 import subprocess
 import sys
@@ -133,3 +134,25 @@ def test_usage_errors_exit_2_without_traceback(capsys):
     assert code == 2 and "No such option" in err and "Traceback" not in err
     code, out, err = run_cli([], capsys)
     assert code == 2 and "train" in out + err and "Traceback" not in out + err
+
+
+def test_check_runs_only_the_preflight(tmp_path, capsys):
+    code, out, err = run_cli(["check", *FAST], capsys, cwd=tmp_path)
+    assert code == 0, err
+    assert "no problems found" in out
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+    code, out, err = run_cli(["check", *FAST, "model.init=zeros"], capsys, cwd=tmp_path)
+    assert "symmetric_init" in out
+    code, out, err = run_cli(["check", "optimizer.lr=-1"], capsys)
+    assert code == 2 and err.startswith("error: optimizer.lr")
+
+
+def test_train_writes_preflight_findings(tmp_path, capsys):
+    code, _, err = run_cli(["train", *FAST, "model.init=zeros", "--out", str(tmp_path / "z"), "-q"], capsys)
+    assert code == 0, err
+    findings = json.loads((tmp_path / "z" / "findings.json").read_text())
+    assert any(f["id"] == "symmetric_init" for f in findings)
+    for f in findings:
+        assert {"id", "severity", "message", "advice", "evidence"} <= set(f)
+    code, _, err = run_cli(["train", *FAST, "checks.preflight=false", "--out", str(tmp_path / "off"), "-q"], capsys)
+    assert code == 0 and not (tmp_path / "off" / "findings.json").exists()

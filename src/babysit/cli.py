@@ -87,6 +87,52 @@ def train(
         typer.echo(line)
 
 
+@app.command()
+def check(
+    args: list[str] = typer.Argument(
+        None,
+        metavar="[SPEC] [KEY=VALUE]...",
+        help="A YAML experiment spec (none: the default), then overrides with dotted keys.",
+        show_default=False,
+    ),
+) -> None:
+    """Run only the preflight checks of a spec: nothing is trained and nothing is written.
+
+    Checks the loss at init, the gradients against finite differences, that the network can
+    overfit a tiny subset, input scaling, symmetric init and mixing across the batch.
+    Exit code 1 when a check finds an error.
+
+    Example:
+
+      babysit check examples/mnist1d-mlp.yaml model.init=zeros
+    """
+    from babysit import config
+    from babysit.checks.preflight import preflight
+    from babysit.train.runner import preflight_inputs, prepare
+
+    spec_path, overrides = _split_spec_and_overrides(args or [])
+    spec = config.load(spec_path, overrides)
+    _, splits, model, loss_fn = prepare(spec)
+    findings = preflight(model, loss_fn, **preflight_inputs(spec, splits))
+    for line in finding_lines(findings):
+        typer.echo(line)
+    if any(f.severity == "error" for f in findings):
+        raise typer.Exit(1)
+
+
+def finding_lines(findings: list) -> list[str]:
+    """One line per finding (most severe first), or a line saying all is well."""
+    if not findings:
+        return ["preflight: no problems found"]
+    lines = []
+    for f in findings:
+        where = f" [{f.layer}]" if f.layer else ""
+        lines.append(f"{f.severity:>7} {f.id}{where}: {f.message}")
+        if f.advice:
+            lines.append(f"         advice: {f.advice}")
+    return lines
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     try:

@@ -124,6 +124,17 @@ def prepare(spec: Experiment) -> tuple[torch.device, data_module.Splits, nn.Modu
     return device, splits, model, loss_fn
 
 
+def preflight_inputs(spec: Experiment, splits: data_module.Splits, examples: int = 512) -> dict[str, Any]:
+    """The keyword arguments :func:`babysit.checks.preflight.preflight` needs for a spec."""
+    return {
+        "data": (splits.train.x[:examples], splits.train.y[:examples]),
+        "task": splits.task,
+        "num_classes": splits.num_classes,
+        "loss_name": spec.loss,
+        "seed": spec.seed,
+    }
+
+
 def make_penalty(spec: Experiment, model: nn.Module) -> tuple[Any, regularization.ActivityRegularizer | None]:
     """L1 on weights and the activity penalty as one ``model -> scalar`` function (or None)."""
     l1 = spec.regularization.l1
@@ -216,6 +227,17 @@ def _run(
     path.mkdir(parents=True, exist_ok=True)
     (path / "checkpoints").mkdir(exist_ok=True)
     config_module.save(spec, path / "config.yaml")
+    findings: list[Any] = []
+    if spec.checks.preflight and not resume:
+        from babysit.checks.findings import write_findings
+        from babysit.checks.preflight import preflight
+
+        findings = preflight(model, loss_fn, **preflight_inputs(spec, splits))
+        write_findings(path / "findings.json", findings)
+        if not quiet:
+            for finding in findings:
+                where = f" [{finding.layer}]" if finding.layer else ""
+                print(f"preflight {finding.severity}: {finding.id}{where}: {finding.message}", file=progress_stream or sys.stdout)
 
     state = LoopState()
     early = EarlyStopping(spec.train.early_stopping.monitor, spec.train.early_stopping.patience,
@@ -276,6 +298,8 @@ def _run(
         "best_epoch": early.best_epoch,
         "stopped_early": bool(state.stop),
         "stop_reason": state.stop_reason,
+        "preflight_findings": {sev: sum(f.severity == sev for f in findings) for sev in ("error", "warning", "info")}
+        if findings or (spec.checks.preflight and not resume) else None,
         "wall_time_s": round(state.elapsed, 3),
         "session_time_s": round(time.perf_counter() - started, 3),
         "parameters": sum(p.numel() for p in model.parameters()),

@@ -1,0 +1,129 @@
+"""Findings: the one shape every check reports in, and the fixed vocabulary of ids.
+
+A finding is ``{id, severity, message, advice, evidence, layer?, step?}`` (DESIGN.md,
+"Findings"). ``id`` is one of :data:`FINDINGS`; ``severity`` is ``info``, ``warning`` or
+``error``; ``message`` says in plain words what was seen, with the numbers; ``advice``
+says what to try; ``evidence`` holds the numbers themselves (JSON-serialisable);
+``layer`` names the module (``model.named_modules()`` name) and ``step`` the training
+step, where the finding has one.
+
+Example
+-------
+>>> f = Finding("dead_relu", "warning", "62% of units never fire.", "Lower the lr.",
+...             {"dead_fraction": 0.62}, layer="hidden.0")
+>>> f.to_dict()["layer"], FINDINGS[f.id]
+('hidden.0', 'Dead ReLU units')
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# id -> short title. Grouped as DESIGN.md groups them: before / while / after training.
+FINDINGS: dict[str, str] = {
+    # before training (preflight)
+    "initial_loss_off": "Initial loss off",
+    "gradient_check_failed": "Gradient check failed",
+    "cannot_overfit_tiny_subset": "Cannot overfit a tiny subset",
+    "inputs_not_normalized": "Inputs not normalized",
+    "symmetric_init": "Symmetric initialization",
+    "batch_mixing": "Examples mix across the batch",
+    # while training (monitors)
+    "loss_exploded": "Loss exploded",
+    "nonfinite_loss": "Non-finite loss",
+    "dead_relu": "Dead ReLU units",
+    "saturated_activations": "Saturated activations",
+    "activation_collapse": "Activations collapse",
+    "vanishing_gradients": "Vanishing gradients",
+    "exploding_gradients": "Exploding gradients",
+    "update_ratio_high": "Update/weight ratio too high",
+    "update_ratio_low": "Update/weight ratio too low",
+    # after training (diagnosis)
+    "overfitting": "Overfitting",
+    "underfitting": "Underfitting",
+    "lr_too_high": "Learning rate too high",
+    "lr_too_low": "Learning rate too low",
+    "not_converged": "Not converged",
+}
+
+SEVERITIES = ("info", "warning", "error")
+_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
+
+
+@dataclass
+class Finding:
+    """One thing a check found; see the module docstring for the fields."""
+
+    id: str
+    severity: str
+    message: str
+    advice: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    layer: str | None = None
+    step: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.id not in FINDINGS:
+            raise ValueError(f"finding id: must be one of {', '.join(FINDINGS)}; got {self.id!r}")
+        if self.severity not in _RANK:
+            raise ValueError(f"finding severity: must be one of {', '.join(SEVERITIES)}; got {self.severity!r}")
+
+    @property
+    def title(self) -> str:
+        return FINDINGS[self.id]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The finding as plain JSON types; ``layer`` / ``step`` left out when they are None.
+
+        Example
+        -------
+        >>> Finding("symmetric_init", "error", "m", "a", {"layer_units": 4}).to_dict()["evidence"]
+        {'layer_units': 4}
+        """
+        out = asdict(self)
+        out["evidence"] = _jsonable(self.evidence)
+        return {key: value for key, value in out.items() if value is not None}
+
+
+def _jsonable(value: Any) -> Any:
+    """Numbers from torch / numpy as Python floats and ints; non-finite floats as strings."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no nan / inf
+    return value
+
+
+def sort_findings(findings: list[Finding]) -> list[Finding]:
+    """Most severe first (error, warning, info); the order within a severity is kept."""
+    return sorted(findings, key=lambda f: -_RANK[f.severity])
+
+
+def write_findings(path: str | Path, findings: list[Finding]) -> None:
+    """Write ``findings.json``: a JSON list of :meth:`Finding.to_dict`, most severe first.
+
+    Example
+    -------
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "findings.json")
+    >>> write_findings(path, [Finding("overfitting", "warning", "m", "a", {})])
+    >>> json.load(open(path))[0]["id"]
+    'overfitting'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = [f.to_dict() for f in sort_findings(findings)]
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+__all__ = ["FINDINGS", "SEVERITIES", "Finding", "sort_findings", "write_findings"]
