@@ -455,3 +455,10 @@ def test_batchnorm_in_eval_does_not_mix():
 
 def test_all_checks_listed():
     assert set(ALL) <= set(FINDINGS)
+
+
+def test_top_level_api():
+    import babysit
+    from babysit.checks.preflight import preflight
+
+    assert babysit.preflight is preflight

@@ -1,1 +1,20 @@
-"""babysit: build, train and babysit neural networks on PyTorch."""
+"""babysit: build, train and babysit neural networks on PyTorch.
+
+>>> import babysit
+>>> callable(babysit.preflight)
+True
+"""
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["preflight"]
+
+
+def __getattr__(name: str) -> Any:
+    # lazy, so `babysit --help` does not pay for importing torch
+    if name == "preflight":
+        from babysit.checks.preflight import preflight
+
+        return preflight
+    raise AttributeError(f"module 'babysit' has no attribute {name!r}")

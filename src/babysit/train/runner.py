@@ -15,11 +15,13 @@ Example
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +182,23 @@ def _check_resume_spec(saved: Experiment, given: Experiment) -> None:
             raise BabysitError(f"--resume: {section} differs from the run's config.yaml; only train.epochs may change")
 
 
+def _restoring_determinism(train: Callable[..., RunResult]) -> Callable[..., RunResult]:
+    """train.deterministic is process-wide in torch: set it for one run only."""
+
+    @functools.wraps(train)
+    def wrapper(spec: Experiment, *args: Any, **kwargs: Any) -> RunResult:
+        before = torch.are_deterministic_algorithms_enabled()
+        if spec.train.deterministic:
+            torch.use_deterministic_algorithms(True)
+        try:
+            return train(spec, *args, **kwargs)
+        finally:
+            torch.use_deterministic_algorithms(before)
+
+    return wrapper
+
+
+@_restoring_determinism
 def run(
     spec: Experiment,
     out: str | Path | None = None,
@@ -190,26 +209,6 @@ def run(
     progress_stream: Any = None,
 ) -> RunResult:
     """Train the experiment and write its run directory; returns the path, summary, model and data."""
-    # train.deterministic is process-wide in torch: set it for this run only
-    before = torch.are_deterministic_algorithms_enabled()
-    if spec.train.deterministic:
-        torch.use_deterministic_algorithms(True)
-    try:
-        return _run(spec, out, resume=resume, quiet=quiet, extra_callbacks=extra_callbacks,
-                    progress_stream=progress_stream)
-    finally:
-        torch.use_deterministic_algorithms(before)
-
-
-def _run(
-    spec: Experiment,
-    out: str | Path | None = None,
-    *,
-    resume: bool = False,
-    quiet: bool = False,
-    extra_callbacks: list[Callback] | None = None,
-    progress_stream: Any = None,
-) -> RunResult:
     path = run_directory(spec, out, resume)
     if resume:
         saved = config_module.load(path / "config.yaml")
