@@ -7,10 +7,12 @@ it calls is usable on its own; this file only wires them.
 
 Example
 -------
+>>> import tempfile
 >>> from babysit.config import Experiment
->>> result = run(Experiment(data={"source": "spirals"}, train={"epochs": 2}), out="/tmp/babysit-doc", quiet=True)
->>> sorted(result.summary)[:3]
-['best_epoch', 'device', 'epochs']
+>>> spec = Experiment(data={"source": "spirals"}, train={"epochs": 2})
+>>> result = run(spec, out=tempfile.mkdtemp() + "/run", quiet=True)
+>>> result.summary["epochs"], (result.path / "summary.json").exists()
+(2, True)
 """
 
 from __future__ import annotations
