@@ -107,6 +107,7 @@ def check(
       babysit check examples/mnist1d-mlp.yaml model.init=zeros
     """
     from babysit import config
+    from babysit.checks.findings import finding_lines
     from babysit.checks.preflight import preflight
     from babysit.train.runner import preflight_inputs, prepare
 
@@ -114,23 +115,10 @@ def check(
     spec = config.load(spec_path, overrides)
     _, splits, model, loss_fn = prepare(spec)
     findings = preflight(model, loss_fn, **preflight_inputs(spec, splits))
-    for line in finding_lines(findings):
+    for line in finding_lines(findings) or ["preflight: no problems found"]:
         typer.echo(line)
     if any(f.severity == "error" for f in findings):
         raise typer.Exit(1)
-
-
-def finding_lines(findings: list) -> list[str]:
-    """One line per finding (most severe first), or a line saying all is well."""
-    if not findings:
-        return ["preflight: no problems found"]
-    lines = []
-    for f in findings:
-        where = f" [{f.layer}]" if f.layer else ""
-        lines.append(f"{f.severity:>7} {f.id}{where}: {f.message}")
-        if f.advice:
-            lines.append(f"         advice: {f.advice}")
-    return lines
 
 
 def main() -> None:

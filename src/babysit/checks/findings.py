@@ -126,4 +126,21 @@ def write_findings(path: str | Path, findings: list[Finding]) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
-__all__ = ["FINDINGS", "SEVERITIES", "Finding", "sort_findings", "write_findings"]
+def finding_lines(findings: list[Finding]) -> list[str]:
+    """The findings as terminal lines, most severe first, each with its advice.
+
+    Example
+    -------
+    >>> finding_lines([Finding("overfitting", "warning", "train far better than val", "more data", {})])
+    ['warning overfitting: train far better than val', '        advice: more data']
+    """
+    lines = []
+    for f in sort_findings(findings):
+        where = f" [{f.layer}]" if f.layer else ""
+        lines.append(f"{f.severity} {f.id}{where}: {f.message}")
+        if f.advice:
+            lines.append(f"        advice: {f.advice}")
+    return lines
+
+
+__all__ = ["FINDINGS", "SEVERITIES", "Finding", "finding_lines", "sort_findings", "write_findings"]

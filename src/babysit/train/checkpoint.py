@@ -3,8 +3,8 @@
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts saved with
 ``torch.save`` to a temporary file in the same folder, flushed to disk and renamed over the
 target (``os.replace`` is atomic on POSIX), so a run killed at any moment leaves either the
-old checkpoint or the new one, never half of one. Loading uses ``torch.load(...,
-weights_only=True)``: torch's restricted unpickler, which refuses anything but tensors and
+old checkpoint or the new one, never half of one. Loading passes weights_only=True to
+torch.load: torch's restricted unpickler, which refuses anything but tensors and
 primitive containers.
 
 Example

@@ -99,56 +99,6 @@ def evaluate(
     return result
 
 
-class _Measurer:
-    """End-of-epoch metrics: the validation split in eval mode, plus the epoch's running
-    training figures, fetched from the device with one sync.
-
-    The splits are concatenated once, at construction, when together they are small (the
-    usual case); otherwise each is evaluated in chunks by :func:`evaluate`.
-    """
-
-    def __init__(self, model: nn.Module, loss_fn: Callable, parts: list[tuple[str, Split]],
-                 predict: Callable | None, autocast: Callable[[], Any], max_joint: int = 8192):
-        self.model, self.loss_fn, self.parts, self.predict, self.autocast = model, loss_fn, parts, predict, autocast
-        self.joint = sum(len(split) for _, split in parts) <= max_joint
-        if self.joint and parts:
-            self.x = parts[0][1].x if len(parts) == 1 else torch.cat([split.x for _, split in parts])
-            self.y = parts[0][1].y if len(parts) == 1 else torch.cat([split.y for _, split in parts])
-            self.bounds = []
-            start = 0
-            for _, split in parts:
-                self.bounds.append((start, start + len(split)))
-                start += len(split)
-
-    @torch.no_grad()
-    def __call__(self, running: dict[str, torch.Tensor]) -> dict[str, float]:
-        keys, values = list(running), list(running.values())
-        result: dict[str, float] = {}
-        if not self.joint:
-            for name, split in self.parts:
-                for key, value in evaluate(self.model, self.loss_fn, split, self.predict, autocast=self.autocast).items():
-                    result[f"{name}_{key}"] = value
-        elif self.parts:
-            was_training = self.model.training
-            self.model.eval()
-            with self.autocast():
-                out = self.model(self.x)
-            for (name, _), (a, b) in zip(self.parts, self.bounds, strict=True):
-                values.append(self.loss_fn(out[a:b], self.y[a:b]))
-                keys.append(f"{name}_loss")
-                if self.predict is not None:
-                    values.append((self.predict(out[a:b]) == self.y[a:b]).sum() / (b - a))
-                    keys.append(f"{name}_acc")
-            self.model.train(was_training)
-        if values:
-            if values[0].device.type == "cpu":  # no device to sync with: read each value directly
-                numbers = [v.item() for v in values]
-            else:  # one copy from the device for all of them
-                numbers = torch.stack([v.double() for v in values]).tolist()
-            result.update(zip(keys, numbers, strict=True))
-        return {**{k: result[k] for k in keys}, **result}
-
-
 class Trainer:
     """Runs epochs of mini-batch training with callbacks.
 
@@ -324,16 +274,8 @@ class Trainer:
         or a callback stops the run. Returns the final :class:`LoopState`."""
         if state is not None:
             self.state = state
-        measure = _Measurer(self.model, self.loss_fn, [("val", val)] if val is not None and len(val) else [],
-                            self.predict, self.autocast)
         for cb in self.callbacks:
             cb.on_fit_start(self)
-        self._run_epochs(train, epochs, measure)
-        for cb in self.callbacks:
-            cb.on_fit_end(self)
-        return self.state
-
-    def _run_epochs(self, train: Batches, epochs: int, measure: _Measurer) -> None:
         started = time.perf_counter() - self.state.elapsed
         while self.state.epoch < epochs and not self.state.stop:
             for cb in self.callbacks:
@@ -347,12 +289,13 @@ class Trainer:
             }
             # the training metrics are running figures over the epoch (dropout on, weights
             # moving), as Keras reports them; validation is measured in eval mode at the end
-            running = {}
             if losses:
-                running["train_loss"] = torch.stack(losses).float().mean()
+                logs["train_loss"] = torch.stack(losses).float().mean().item()
             if counted:
-                running["train_acc"] = torch.stack(corrects).sum() / counted
-            logs.update(measure(running))
+                logs["train_acc"] = torch.stack(corrects).sum().item() / counted
+            if val is not None and len(val):
+                for key, value in evaluate(self.model, self.loss_fn, val, self.predict, autocast=self.autocast).items():
+                    logs[f"val_{key}"] = value
             if self.schedule is not None:
                 self.schedule.step_epoch(logs.get("val_loss", logs["train_loss"]))
             self.state.elapsed = time.perf_counter() - started
@@ -360,3 +303,6 @@ class Trainer:
             self.state.logs = logs
             for cb in self.callbacks:
                 cb.on_epoch_end(self, logs)
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+        return self.state

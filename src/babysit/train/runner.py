@@ -230,15 +230,14 @@ def run(
     config_module.save(spec, path / "config.yaml")
     findings: list[Any] = []
     if spec.checks.preflight and not resume:
-        from babysit.checks.findings import write_findings
+        from babysit.checks.findings import finding_lines, write_findings
         from babysit.checks.preflight import preflight
 
         findings = preflight(model, loss_fn, **preflight_inputs(spec, splits))
         write_findings(path / "findings.json", findings)
         if not quiet:
-            for finding in findings:
-                where = f" [{finding.layer}]" if finding.layer else ""
-                print(f"preflight {finding.severity}: {finding.id}{where}: {finding.message}", file=progress_stream or sys.stdout)
+            for line in finding_lines(findings):
+                print(f"preflight {line}", file=progress_stream or sys.stdout)
 
     state = LoopState()
     early = EarlyStopping(spec.train.early_stopping.monitor, spec.train.early_stopping.patience,
@@ -300,7 +299,7 @@ def run(
         "stopped_early": bool(state.stop),
         "stop_reason": state.stop_reason,
         "preflight_findings": {sev: sum(f.severity == sev for f in findings) for sev in ("error", "warning", "info")}
-        if findings or (spec.checks.preflight and not resume) else None,
+        if spec.checks.preflight and not resume else None,
         "wall_time_s": round(state.elapsed, 3),
         "session_time_s": round(time.perf_counter() - started, 3),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -321,6 +320,3 @@ def main_summary_lines(result: RunResult) -> list[str]:
     lines.append(f"{s['epochs']} epochs, {s['steps']} steps in {s['wall_time_s']:.1f} s on {s['device']}")
     return lines
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use: babysit train")
