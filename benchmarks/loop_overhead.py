@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from babysit import config, data, nets
 from babysit.data.batching import Batches
 from babysit.optim import losses, optimizers
 from babysit.train.callbacks import Checkpointer, EarlyStopping, MetricsLogger, TensorBoardLogger
-from babysit.train.loop import Trainer
+from babysit.train.loop import Callback, Trainer
 
 REPEATS = {"mlp": 20, "cnn": 16}
 EPOCHS = {"mlp": 150, "cnn": 30}
@@ -80,7 +81,9 @@ def hand_written(spec: config.Experiment, splits: data.Splits) -> tuple[float, f
     return time.perf_counter() - start, val_loss
 
 
-def babysit_loop(spec: config.Experiment, splits: data.Splits, folder: Path) -> tuple[float, float]:
+def babysit_loop(spec: config.Experiment, splits: data.Splits, folder: Path,
+                 extra: Callable[[Path], list[Callback]] | None = None) -> tuple[float, float]:
+    """``extra(folder)`` adds callbacks (monitor_overhead.py adds the monitors)."""
     model, opt = build(spec, splits)
     g = torch.Generator().manual_seed(SEED)
     batches = Batches(splits.train.x, splits.train.y, BATCH, g)
@@ -92,6 +95,7 @@ def babysit_loop(spec: config.Experiment, splits: data.Splits, folder: Path) -> 
         early,
         Checkpointer(folder / "checkpoints", generator=g, epochs=spec.train.epochs, early_stopping=early,
                      before_save=[metrics.flush]),
+        *(extra(folder) if extra is not None else []),
     ]
     loss_fn = losses.build_loss("cross_entropy", splits.task, splits.num_classes)
     trainer = Trainer(model, loss_fn, opt, callbacks=callbacks, predict=lambda out: losses.predict(out, "cross_entropy"))

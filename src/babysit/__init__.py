@@ -1,14 +1,14 @@
 """babysit: build, train and babysit neural networks on PyTorch.
 
 >>> import babysit
->>> callable(babysit.preflight)
-True
+>>> callable(babysit.preflight), callable(babysit.watch)
+(True, True)
 """
 
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["preflight"]
+__all__ = ["preflight", "watch"]
 
 
 def __getattr__(name: str) -> Any:
@@ -17,4 +17,8 @@ def __getattr__(name: str) -> Any:
         from babysit.checks.preflight import preflight
 
         return preflight
+    if name == "watch":
+        from babysit.checks.watch import watch
+
+        return watch
     raise AttributeError(f"module 'babysit' has no attribute {name!r}")

@@ -1,6 +1,8 @@
 """The ``babysit`` command.
 
     babysit train [SPEC] [KEY=VALUE ...] [--out DIR] [--resume]
+    babysit lr-find [SPEC] [KEY=VALUE ...] [--out DIR] [--start LR] [--end LR] [--steps N]
+    babysit batch-find [SPEC] [KEY=VALUE ...] [--max N] [--out DIR]
 
 A mistake the user can make (a bad spec key or value, a missing file, bad data) ends with
 one line on stderr naming the problem and exit code 2, never a traceback.
@@ -85,6 +87,22 @@ def train(
     result = run(spec, out, resume=resume, quiet=quiet)
     for line in main_summary_lines(result):
         typer.echo(line)
+    _print_findings(result.findings, result.path / "findings.json")
+
+
+def _print_findings(findings: list, where: Path) -> None:
+    """The run's findings as a compact table at the end (most severe first)."""
+    if not findings:
+        typer.echo("findings: none; nothing looked wrong")
+        return
+    from rich.console import Console
+
+    from babysit.checks.findings import findings_table
+
+    counts = ", ".join(f"{sum(f.severity == s for f in findings)} {s}" for s in ("error", "warning", "info")
+                       if any(f.severity == s for f in findings))
+    Console(file=sys.stdout, width=max(100, Console().width)).print(findings_table(findings, title=f"findings ({counts})"))
+    typer.echo(f"findings written to {where}")
 
 
 @app.command()
@@ -119,6 +137,127 @@ def check(
         typer.echo(line)
     if any(f.severity == "error" for f in findings):
         raise typer.Exit(1)
+
+
+@app.command("lr-find")
+def lr_find_command(
+    args: list[str] = typer.Argument(
+        None,
+        metavar="[SPEC] [KEY=VALUE]...",
+        help="A YAML experiment spec (none: the default), then overrides with dotted keys.",
+        show_default=False,
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o",
+        help="Where to write lr_find.png and lr_find.json (default runs/<name>-lr-find, or -2, -3... when that exists).",
+    ),
+    start: float = typer.Option(1e-7, "--start", help="The first (smallest) learning rate."),
+    end: float = typer.Option(10.0, "--end", help="The last (largest) learning rate, unless the loss diverges first."),
+    steps: int = typer.Option(200, "--steps", help="Mini-batch steps from --start to --end, the lr growing exponentially."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; only the final lines."),
+) -> None:
+    """Find a learning rate: the range test (Smith 2015/2017, fastai's lr_find).
+
+    Trains a fresh copy of the spec's network with its optimizer and batch size while the
+    learning rate grows exponentially from --start to --end, one mini-batch per rate, and
+    stops when the loss diverges (its smoothed value above 4x its minimum, or not finite).
+    The suggestion is the rate where the smoothed loss is lowest, divided by 10. The curve
+    is smoothed without lag (a centred kernel in log-lr), so the suggestion does not move
+    with early spikes or from seed to seed. Writes lr_find.png (loss against lr) and
+    lr_find.json; nothing is trained for real.
+
+    Examples:
+
+      babysit lr-find examples/mnist1d-mlp.yaml
+
+      babysit lr-find examples/mnist1d-cnn.yaml optimizer.name=sgd --start 1e-5 --end 1
+
+      babysit lr-find examples/spirals-mlp.yaml data.batch_size=32 --out runs/spirals-lr -q
+    """
+    import shlex
+
+    from babysit import config
+    from babysit.tune.lr_finder import (
+        format_lr,
+        lr_find_directory,
+        lr_find_from_spec,
+        write_lr_find,
+    )
+
+    spec_path, overrides = _split_spec_and_overrides(args or [])
+    spec = config.load(spec_path, overrides)
+    result = lr_find_from_spec(spec, start=start, end=end, steps=steps, quiet=quiet)
+    directory = lr_find_directory(spec, out)
+    extra = {"name": spec.run_name, "optimizer": spec.optimizer.name, "batch_size": spec.data.batch_size,
+             "seed": spec.seed, "start": start, "end": end, "steps": steps}
+    title = f"lr range test: {spec.run_name} ({spec.optimizer.name}, batch {spec.data.batch_size})"
+    json_path, png_path = write_lr_find(result, directory, title=title, extra=extra)
+    lr = format_lr(result.suggestion)
+    if result.lr_at_minimum is not None:
+        typer.echo(f"smoothed loss lowest at lr {format_lr(result.lr_at_minimum)}")
+    typer.echo(f"diverged at lr {format_lr(result.diverged_at)}" if result.diverged_at is not None
+               else f"no divergence up to lr {format_lr(result.lrs[-1])}")
+    if result.note:
+        typer.echo(f"note: {result.note}")
+    typer.echo(f"suggested learning rate: {lr}")
+    typer.echo(f"wrote {png_path} and {json_path.name}")
+    keep = [o for o in overrides if o.split("=", 1)[0].strip() != "optimizer.lr"]
+    command = ["babysit", "train", *([str(spec_path)] if spec_path is not None else []), *keep, f"optimizer.lr={lr}"]
+    typer.echo(f"use it: {shlex.join(command)}")
+
+
+@app.command("batch-find")
+def batch_find_command(
+    args: list[str] = typer.Argument(
+        None,
+        metavar="[SPEC] [KEY=VALUE]...",
+        help="A YAML experiment spec (none: the default), then overrides with dotted keys.",
+        show_default=False,
+    ),
+    max_batch: int | None = typer.Option(
+        None, "--max", help="The largest batch to try (default: the training-set size).", show_default=False
+    ),
+    steps: int = typer.Option(
+        5, "--steps", help="Timed training steps per block; 3 blocks per batch size after 2 warm-up steps, the fastest counting."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write batch_find.json into this directory."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; only the table."),
+) -> None:
+    """Find a batch size: time training steps at 8, 16, 32... and report samples per second.
+
+    Each size gets a fresh copy of the spec's network and optimizer on its device (and
+    precision) and a few full training steps (forward, backward, optimizer step) after a
+    warm-up; on CUDA the clock waits for the GPU. The search stops at the first size that
+    runs out of GPU memory, or at the cap (--max, or the training-set size). Prints the
+    table, the largest batch that fits and the batch with the best throughput. Nothing is
+    trained for real and nothing is written unless --out is given.
+
+    Examples:
+
+      babysit batch-find examples/mnist1d-cnn.yaml
+
+      babysit batch-find examples/mnist1d-mlp.yaml train.precision=bf16 --max 1024 --out runs/batch
+    """
+    from rich.console import Console
+
+    from babysit import config
+    from babysit.tune.batch_finder import (
+        batch_find_from_spec,
+        batch_find_lines,
+        batch_find_table,
+        write_batch_find,
+    )
+
+    spec_path, overrides = _split_spec_and_overrides(args or [])
+    spec = config.load(spec_path, overrides)
+    result = batch_find_from_spec(spec, max_batch=max_batch, steps=steps, quiet=quiet)
+    Console(file=sys.stdout).print(batch_find_table(result))
+    for line in batch_find_lines(result):
+        typer.echo(line)
+    if out is not None:
+        path = write_batch_find(result, out, extra={"name": spec.run_name, "precision": spec.train.precision,
+                                                    "steps": steps})
+        typer.echo(f"wrote {path}")
 
 
 def main() -> None:

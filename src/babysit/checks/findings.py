@@ -50,6 +50,8 @@ FINDINGS: dict[str, str] = {
     "not_converged": "Not converged",
 }
 
+PREFLIGHT_IDS = ("initial_loss_off", "gradient_check_failed", "cannot_overfit_tiny_subset",
+                 "inputs_not_normalized", "symmetric_init", "batch_mixing")
 SEVERITIES = ("info", "warning", "error")
 _RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 
@@ -143,4 +145,54 @@ def finding_lines(findings: list[Finding]) -> list[str]:
     return lines
 
 
-__all__ = ["FINDINGS", "SEVERITIES", "Finding", "finding_lines", "sort_findings", "write_findings"]
+def findings_markdown(findings: list[Finding]) -> str:
+    """The findings as markdown (TensorBoard's Text tab): one bullet each, most severe first.
+
+    Example
+    -------
+    >>> print(findings_markdown([Finding("dead_relu", "warning", "62% dead.", "Lower the lr.", {}, layer="fc.1")]))
+    - **warning** `dead_relu` (fc.1): 62% dead. *Advice:* Lower the lr.
+    >>> findings_markdown([])
+    'No findings: nothing looked wrong.'
+    """
+    if not findings:
+        return "No findings: nothing looked wrong."
+    lines = []
+    for f in sort_findings(findings):
+        where = f" ({f.layer})" if f.layer else ""
+        lines.append(f"- **{f.severity}** `{f.id}`{where}: {f.message} *Advice:* {f.advice}")
+    return "\n".join(lines)
+
+
+def findings_table(findings: list[Finding], title: str = "findings") -> Any:
+    """A rich Table of the findings, most severe first: severity, id, layer, and the first
+    sentence of the message and of the advice.
+
+    Example
+    -------
+    >>> findings_table([Finding("overfitting", "warning", "m", "a", {})]).row_count
+    1
+    """
+    from rich.table import Table
+
+    colour = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+    table = Table(title=title, show_lines=True, expand=False)
+    table.add_column("severity")
+    table.add_column("finding")
+    table.add_column("layer")
+    table.add_column("what was seen", overflow="fold", ratio=3)
+    table.add_column("try", overflow="fold", ratio=2)
+    for f in sort_findings(findings):
+        table.add_row(f"[{colour[f.severity]}]{f.severity}[/]", f.id, f.layer or "",
+                      _first_sentence(f.message), _first_sentence(f.advice))
+    return table
+
+
+def _first_sentence(text: str) -> str:
+    """Up to the first '. ' (the table is a summary; findings.json has the whole text)."""
+    head, dot, _ = text.partition(". ")
+    return head + "." if dot else text
+
+
+__all__ = ["FINDINGS", "PREFLIGHT_IDS", "SEVERITIES", "Finding", "finding_lines", "findings_markdown",
+           "findings_table", "sort_findings", "write_findings"]

@@ -190,4 +190,51 @@ def predict(outputs: Tensor, name: str) -> Tensor:
     return outputs.argmax(-1)
 
 
-__all__ = ["LOSSES", "build_loss", "output_dim", "predict"]
+def chance_loss(name: str, task: str, num_classes: int | None, targets: Tensor) -> float | None:
+    """The loss of the best constant prediction, one that ignores the input: what a network
+    that learned nothing scores, the yardstick for "is it learning at all".
+
+    Cross-entropy / NLL: the entropy of the class frequencies (ln C when balanced). BCE: the
+    mean binary entropy of each class's frequency. MSE: the targets' variance (predict the
+    mean). MAE: the mean absolute deviation from the median. Hinge: C - 1 (all scores equal).
+    On class labels, mse / mae compare with the one-hot code.
+
+    Example
+    -------
+    >>> import torch
+    >>> round(chance_loss("cross_entropy", "classification", 4, torch.tensor([0, 1, 2, 3])), 4)  # ln 4
+    1.3863
+    >>> chance_loss("mse", "regression", None, torch.tensor([1.0, 3.0]))
+    1.0
+    """
+    import torch
+
+    if task == "classification":
+        classes = int(num_classes or int(targets.max()) + 1)
+        p = torch.bincount(targets.long().flatten().cpu(), minlength=classes).double()
+        p = p / p.sum().clamp_min(1)
+        nz = p[p > 0]
+        if name in ("cross_entropy", "nll"):
+            return float(-(nz * nz.log()).sum())
+        if name == "hinge":
+            return float(classes - 1)
+        q = p[1:] if classes == 2 else p  # two classes: one logit for class 1
+        if name == "bce":
+            q = q.clamp(1e-12, 1 - 1e-12)
+            return float((-(q * q.log() + (1 - q) * (1 - q).log())).mean())
+        if name == "mse":
+            return float((p * (1 - p)).mean())
+        if name == "mae":
+            return float(torch.minimum(p, 1 - p).mean())
+        return None
+    y = targets.double().cpu()
+    if y.dim() == 1:
+        y = y[:, None]
+    if name == "mse":
+        return float(y.var(dim=0, unbiased=False).mean())
+    if name == "mae":
+        return float((y - y.median(dim=0).values).abs().mean())
+    return None
+
+
+__all__ = ["LOSSES", "build_loss", "chance_loss", "output_dim", "predict"]

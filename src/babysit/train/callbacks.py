@@ -305,7 +305,8 @@ class EarlyStopping(Callback):
                                              f"improved for {self.patience} epochs (best {self.best:.4g} at epoch {self.best_epoch})")
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        if self.patience is not None and self.best_weights is not None:
+        # a diverged run always gets its best weights back: the last ones are NaN or worse
+        if (self.patience is not None or trainer.state.diverged) and self.best_weights is not None:
             trainer.model.load_state_dict(self.best_weights)
 
     def state_dict(self) -> dict[str, Any]:
@@ -372,5 +373,86 @@ class Checkpointer(Callback):
         # the final save happens here, before EarlyStopping.on_fit_end puts the best weights
         # back, so last.pt always holds the last weights
         final = trainer.state.stop or trainer.state.epoch >= self.epochs
+        if trainer.state.diverged:
+            return  # the weights are bad: keep the last good checkpoint as it is
         if final or time.monotonic() - self._last_save >= self.every_s:
             self.save(trainer)
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_number(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_number(v) for v in value]
+    return _clean(value)
+
+
+class MonitorCallback(Callback):
+    """The live monitors and the explosion guard in the loop (see :mod:`babysit.checks.monitors`).
+
+    Samples every ``every`` steps into ``monitors.jsonl``; when the guard trips
+    (``loss_exploded`` / ``nonfinite_loss``) the run stops at once, the loop is marked
+    ``diverged`` so that no checkpoint is written from the bad weights, and the finding is
+    kept in :attr:`guard`.
+    """
+
+    def __init__(self, path: str | Path, *, every: int = 10, explosion_factor: float = 3.0,
+                 initial_loss: float | None = None, flush_every_s: float = 2.0):
+        self.path = Path(path)
+        self.every = every
+        self.explosion_factor = explosion_factor
+        self.initial_loss = initial_loss
+        self.flush_every_s = flush_every_s
+        self.monitor: Any = None
+        self._handle = None
+        self._last_flush = 0.0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        from babysit.checks.monitors import Monitor
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = self.path.open("a", encoding="utf-8")
+        self._last_flush = time.monotonic()
+        self.monitor = Monitor(trainer.model, trainer.optimizer, every=self.every,
+                               explosion_factor=self.explosion_factor, sink=self._write,
+                               start_step=trainer.state.step, initial_loss=self.initial_loss,
+                               activations=trainer.forward is trainer.model)  # no module hooks under compile
+
+    def _write(self, record: dict[str, Any]) -> None:
+        assert self._handle is not None
+        self._handle.write(json.dumps(_json_number(record)) + "\n")
+
+    def _stop(self, trainer: Trainer, finding: Any) -> None:
+        trainer.state.stop = True
+        trainer.state.diverged = True
+        trainer.state.stop_reason = f"{finding.id}: {finding.message}"
+
+    def on_batch_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
+        finding = self.monitor.observe_loss(loss)
+        if finding is not None:
+            self._stop(trainer, finding)
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        # between samples: the epoch's mean loss is already on the host
+        if not trainer.state.diverged and "train_loss" in logs:
+            finding = self.monitor.check_loss(logs["train_loss"], trainer.state.step)
+            if finding is not None:
+                self._stop(trainer, finding)
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._handle is not None:
+            self._handle.flush()
+        self._last_flush = time.monotonic()
+
+    @property
+    def guard(self) -> Any:
+        return None if self.monitor is None else self.monitor.guard
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.monitor is not None:
+            self.monitor.detach()
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None

@@ -48,6 +48,7 @@ class LoopState:
     step: int = 0  # optimizer steps taken
     stop: bool = False  # set by a callback to end the run after the current epoch
     stop_reason: str | None = None
+    diverged: bool = False  # the explosion guard stopped the run: the current weights are bad
     logs: dict[str, float] = field(default_factory=dict)  # the last epoch's metrics
     elapsed: float = 0.0  # training wall time in seconds, summed over resumed segments
 
@@ -239,6 +240,8 @@ class Trainer:
             self.state.step += 1
             for hook in batch_hooks:
                 hook(self, loss)
+            if self.state.stop:  # the explosion guard: stop at once, not at the epoch's end
+                break
         return losses, corrects, counted
 
     def _lbfgs_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

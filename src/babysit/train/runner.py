@@ -24,7 +24,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from babysit.train.callbacks import (
     Checkpointer,
     EarlyStopping,
     MetricsLogger,
+    MonitorCallback,
     ProgressReporter,
     TensorBoardLogger,
     truncate_metrics,
@@ -57,6 +58,7 @@ class RunResult:
     summary: dict[str, Any]
     model: nn.Module
     splits: data_module.Splits
+    findings: list[Any] = field(default_factory=list)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -261,12 +263,21 @@ def run(
         truncate_metrics(path / "metrics.jsonl", state.step)
 
     metrics = MetricsLogger(path / "metrics.jsonl", spec.train.log_every)
+    monitors: MonitorCallback | None = None
+    if spec.checks.monitors:
+        if resume:
+            truncate_metrics(path / "monitors.jsonl", state.step)
+        monitors = MonitorCallback(path / "monitors.jsonl", every=spec.checks.every,
+                                   explosion_factor=spec.checks.explosion_factor,
+                                   initial_loss=_first_loss(path / "monitors.jsonl") if resume else None)
     callbacks: list[Callback] = [
         metrics,
         TensorBoardLogger(path / "tb"),
+        *([monitors] if monitors is not None else []),  # before the checkpointer: a diverged run saves nothing
         early,
         Checkpointer(path / "checkpoints", generator=generator, epochs=spec.train.epochs,
-                     every_s=spec.train.checkpoint_every_s, early_stopping=early, before_save=[metrics.flush]),
+                     every_s=spec.train.checkpoint_every_s, early_stopping=early,
+                     before_save=[metrics.flush] + ([monitors.flush] if monitors is not None else [])),
         *(extra_callbacks or []),
     ]
     if not quiet:
@@ -298,15 +309,88 @@ def run(
         "best_epoch": early.best_epoch,
         "stopped_early": bool(state.stop),
         "stop_reason": state.stop_reason,
-        "preflight_findings": {sev: sum(f.severity == sev for f in findings) for sev in ("error", "warning", "info")}
-        if spec.checks.preflight and not resume else None,
+        "diverged": state.diverged,
         "wall_time_s": round(state.elapsed, 3),
         "session_time_s": round(time.perf_counter() - started, 3),
         "parameters": sum(p.numel() for p in model.parameters()),
         **environment(device),
     })
     (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return RunResult(path=path, summary=summary, model=model, splits=splits)
+    findings = _run_findings(spec, path, splits, findings if not resume else None,
+                             monitors.guard if monitors is not None else None)
+    summary["findings"] = {sev: sum(f.severity == sev for f in findings) for sev in ("error", "warning", "info")}
+    (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return RunResult(path=path, summary=summary, model=model, splits=splits, findings=findings)
+
+
+def _first_loss(path: Path) -> float | None:
+    """The loss of a run's first monitor sample: the explosion guard's reference on resume."""
+    if not path.exists():
+        return None
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                loss = json.loads(line).get("loss")
+            except json.JSONDecodeError:
+                return None
+            return loss if isinstance(loss, (int, float)) else None
+    return None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of ``path`` (a line cut short by a kill is skipped); [] when missing."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _run_findings(spec: Experiment, path: Path, splits: data_module.Splits,
+                  preflight_findings: list[Any] | None, guard: Any) -> list[Any]:
+    """Preflight (kept from the first segment of a resumed run), monitor and diagnosis findings,
+    written to findings.json and TensorBoard, most severe first. Reads what the run wrote, so
+    a resumed run is judged on all of it."""
+    from babysit.checks.diagnose import diagnose_run
+    from babysit.checks.findings import PREFLIGHT_IDS, Finding, sort_findings, write_findings
+    from babysit.checks.monitors import monitor_findings
+
+    if preflight_findings is None:  # resumed: the preflight ran in the first segment
+        preflight_findings = [Finding(**f) for f in read_jsonl_list(path / "findings.json") if f["id"] in PREFLIGHT_IDS]
+    found = list(preflight_findings)
+    if guard is not None:
+        found.append(guard)
+    if spec.checks.monitors:
+        found += monitor_findings(read_jsonl(path / "monitors.jsonl"))
+    chance = losses.chance_loss(spec.loss, splits.task, splits.num_classes, splits.train.y)
+    found += diagnose_run(path, chance_loss=chance, task=splits.task)
+    found = sort_findings(found)
+    write_findings(path / "findings.json", found)
+    _findings_to_tensorboard(path / "tb", found, int(json.loads((path / "summary.json").read_text())["steps"]))
+    return found
+
+
+def read_jsonl_list(path: Path) -> list[dict[str, Any]]:
+    """A JSON list file (findings.json); [] when missing or unreadable."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return []
+    return value if isinstance(value, list) else []
+
+
+def _findings_to_tensorboard(log_dir: Path, findings: list[Any], step: int) -> None:
+    """The findings as one markdown text in TensorBoard's Text tab."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from babysit.checks.findings import findings_markdown
+
+    with SummaryWriter(log_dir=str(log_dir)) as writer:
+        writer.add_text("findings", findings_markdown(findings), global_step=step)
 
 
 def main_summary_lines(result: RunResult) -> list[str]:

@@ -1,0 +1,91 @@
+"""The live monitors' cost: the same training run with monitors every 10 steps and without.
+
+Both runs are babysit's loop with the callbacks ``babysit train`` uses (see
+loop_overhead.py, whose models and data this reuses); the monitored one adds
+:class:`babysit.train.callbacks.MonitorCallback` (``checks.every: 10``: activation,
+gradient and update statistics, histograms every 10th sample, the explosion guard, and
+``monitors.jsonl``). Timed alternately (ABBA), the figure is the median of the ratios of
+neighbouring runs. Also times the preflight of ``examples/mnist1d-mlp.yaml``.
+
+Prints one JSON line. Targets: ratio <= 1.10 for the MNIST-1D MLP and CNN, preflight <= 5 s.
+
+    python benchmarks/monitor_overhead.py
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from babysit import config, data  # noqa: E402
+from babysit.checks.preflight import preflight  # noqa: E402
+from babysit.train.callbacks import MonitorCallback  # noqa: E402
+from babysit.train.runner import preflight_inputs, prepare  # noqa: E402
+from loop_overhead import babysit_loop, make_spec  # noqa: E402
+
+REPEATS = {"mlp": 12, "cnn": 10}
+EVERY = 10
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist1d-mlp.yaml"
+
+
+def monitors(folder: Path) -> list[MonitorCallback]:
+    return [MonitorCallback(folder / "monitors.jsonl", every=EVERY)]
+
+
+def measure(kind: str) -> dict[str, float]:
+    spec = make_spec(kind)
+    splits = data.load(spec.data, spec.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        babysit_loop(spec, splits, Path(tmp) / "warmup", monitors)
+        on, off = [], []
+        for r in range(REPEATS[kind]):
+            order = ("on", "off") if r % 2 == 0 else ("off", "on")
+            for which in order:
+                if which == "on":
+                    t, loss_on = babysit_loop(spec, splits, Path(tmp) / f"on{r}", monitors)
+                    on.append(t)
+                else:
+                    t, loss_off = babysit_loop(spec, splits, Path(tmp) / f"off{r}")
+                    off.append(t)
+        samples = sum(1 for _ in (Path(tmp) / "on0" / "monitors.jsonl").open())
+    steps = spec.train.epochs * -(-len(splits.train) // spec.data.batch_size)
+    return {
+        "ratio": round(statistics.median(a / b for a, b in zip(on, off, strict=True)), 4),
+        "ratio_of_minimums": round(min(on) / min(off), 4),
+        "on_ms_per_step": round(1000 * statistics.median(on) / steps, 4),
+        "off_ms_per_step": round(1000 * statistics.median(off) / steps, 4),
+        "final_val_loss_diff": abs(loss_on - loss_off),
+        "steps": steps,
+        "samples": samples,
+        "repeats": REPEATS[kind],
+    }
+
+
+def preflight_seconds() -> float:
+    spec = config.load(EXAMPLE)
+    _, splits, model, loss_fn = prepare(spec)
+    start = time.perf_counter()
+    preflight(model, loss_fn, **preflight_inputs(spec, splits))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    result = {"benchmark": "monitor_overhead", "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "every": EVERY}
+    for kind in ("mlp", "cnn"):
+        result[kind] = measure(kind)
+    result["preflight_mnist1d_mlp_s"] = round(preflight_seconds(), 3)
+    print(json.dumps(result))
+    ok = all(result[k]["final_val_loss_diff"] <= 1e-6 for k in ("mlp", "cnn"))
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
