@@ -7,7 +7,9 @@ then applied unchanged to validation and test data; fitting them on val/test wou
 those sets into training (the "common pitfall" CS231n warns about).
 
 - ``center``: x - mean
-- ``standardize``: (x - mean) / std, per feature; std floored at 1e-8 so constant features stay finite
+- ``standardize``: (x - mean) / std, per feature; a feature constant on the training split is
+  only centred (scale 1, as scikit-learn's StandardScaler does): dividing by its ~0 std would
+  blow up any other value it takes in validation or test data
 - ``pca_whiten``: rotate into the covariance eigenbasis U and divide by sqrt(eigenvalue + eps):
   (x - mean) @ U diag(1/sqrt(l + eps))
 - ``zca_whiten``: PCA-whiten then rotate back, W = U diag(1/sqrt(l + eps)) U^T (Bell & Sejnowski 1997);
@@ -33,7 +35,7 @@ import torch
 from babysit.errors import BabysitError
 
 STEPS = ("center", "standardize", "pca_whiten", "zca_whiten")
-STD_FLOOR = 1e-8  # keeps constant features finite under standardize
+STD_FLOOR = 1e-6  # relative to the feature's magnitude: below it a feature counts as constant
 MAX_WHITEN_FEATURES = 4096  # whitening builds a D x D covariance; beyond this it is memory, not math
 
 
@@ -44,8 +46,8 @@ class Preprocessor:
     -------
     >>> import torch
     >>> pre = Preprocessor(["standardize"]).fit(torch.tensor([[0.0, 1.0], [2.0, 1.0]]))
-    >>> pre.transform(torch.tensor([[1.0, 5.0]]))
-    tensor([[0.0000e+00, 4.0000e+08]])
+    >>> pre.transform(torch.tensor([[1.0, 5.0]]))  # the constant second feature is only centred
+    tensor([[0., 4.]])
     """
 
     def __init__(self, steps: Sequence[str], eps: float = 1e-5):
@@ -111,7 +113,8 @@ def fit_center(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, None]:
 def fit_standardize(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     mean = z.mean(0)
     std = ((z - mean).pow(2).sum(0) / max(len(z) - 1, 1)).sqrt()
-    return mean, 1.0 / std.clamp_min(STD_FLOOR)
+    constant = std <= STD_FLOOR * mean.abs().clamp_min(1.0)
+    return mean, torch.where(constant, torch.ones_like(std), 1.0 / std)
 
 
 def fit_pca_whiten(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
