@@ -116,11 +116,13 @@ def test_statistics_match_hand_computation():
     monitor.detach()
     layers = monitor.records[0]["layers"]
 
-    for name, g, w_norm in zip(("0", "2", "4"), grads, norms, strict=True):
+    for name, w, g, w_norm in zip(("0", "2", "4"), weights, grads, norms, strict=True):
         assert layers[name]["grad_norm"] == pytest.approx(g.norm().item(), rel=1e-5)
-        assert layers[name]["weight_norm"] == pytest.approx(w_norm, rel=1e-6)
+        after = w.detach().norm().item()  # the weights as the step left them
+        assert after != pytest.approx(w_norm, rel=1e-6)
+        assert layers[name]["weight_norm"] == pytest.approx(after, rel=1e-6)
         # plain SGD: Δw = -lr g, so ||Δw|| / ||w|| = lr ||g|| / ||w||
-        assert layers[name]["update_ratio"] == pytest.approx(lr * g.norm().item() / w_norm, rel=1e-4)
+        assert layers[name]["update_ratio"] == pytest.approx(lr * g.norm().item() / after, rel=1e-4)
     assert layers["1"]["act_mean"] == pytest.approx(h0.mean().item(), rel=1e-5)
     assert layers["1"]["act_std"] == pytest.approx(h0.std().item(), rel=1e-5)
     assert layers["1"]["dead_fraction"] == pytest.approx(5 / 16)
@@ -158,6 +160,7 @@ def test_sampling_hooks_only_around_sampled_steps_and_training_unchanged():
             monitor.detach()
             assert not any(m._forward_hooks for m in net)
             assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+            assert not any(p._backward_hooks for p in net.parameters() if p._backward_hooks)
         results.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
     assert torch.equal(results[0], results[1])  # watching does not change the training
 

@@ -9,9 +9,11 @@ the update to the weights, ``||Δw|| / ||w||``, which should sit near 1e-3. A
 
 - forward hooks on the nonlinearities are registered just before a sampled step and removed
   after it, so unsampled steps run the plain model;
-- the optimizer's step pre-hook takes the gradient norms and a copy of the weights, the
-  post-hook the norm of the update; all the numbers of a sample leave the device in one
-  transfer.
+- the weights are copied (into one reused buffer) just before a sampled step; after the
+  optimizer's step, :meth:`Monitor.observe_loss` (called once a step; a counter increment on
+  unsampled steps) takes the norms of each layer's gradient (still in ``.grad``), weights and
+  update ``w_after - w_before`` in one call, and all the numbers of a sample leave the device
+  in one transfer.
 
 Each sample is one record (the lines of ``monitors.jsonl``)::
 
@@ -145,7 +147,7 @@ class Monitor:
     activations : hook the nonlinearities (off for a ``torch.compile``-d forward, where adding
         and removing hooks would recompile the graph; the weight statistics remain).
 
-    The records stay in :attr:`records`; :meth:`findings` applies the rules to them.
+    The records are in :attr:`records`; :meth:`findings` applies the rules to them.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 10,
@@ -161,7 +163,8 @@ class Monitor:
         self.sink = sink
         self.step = start_step
         self.initial_loss = initial_loss
-        self.records: list[dict[str, Any]] = []
+        self._records: list[dict[str, Any]] = []
+        self._raw: list[tuple[Any, ...]] = []  # samples not yet turned into records
         self.guard: Finding | None = None  # set when the explosion guard trips
         self.activations, self.weights = monitored_layers(model)
         if not activations:
@@ -170,15 +173,12 @@ class Monitor:
         self._hooks: list[Any] = []
         self._act_stats: dict[str, tuple[torch.Tensor, int, int, str | None]] = {}
         self._types = {name: type(m).__name__ for name, m in model.named_modules()}
-        self._nan = torch.full((1,), float("nan"), dtype=torch.float64)
         self._back: dict[str, torch.Tensor] = {}
         self._hists: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._want_hist = False
-        self._before: list[torch.Tensor] = []
-        self._grad_norms: list[torch.Tensor] = []
-        self._pending: dict[str, Any] | None = None
-        self._opt_hooks = [optimizer.register_step_pre_hook(self._pre_step),
-                           optimizer.register_step_post_hook(self._post_step)]
+        self._before: list[torch.Tensor] = []  # the weights before the sampled step (one buffer, reused)
+        self._armed = False
+        self._hook_fns = {name: self._make_hook(name, module) for name, module in self.activations}
         if self._sampled(self.step + 1):
             self._arm()
 
@@ -188,10 +188,17 @@ class Monitor:
         return (step - 1) % self.every == 0
 
     def _arm(self) -> None:
-        """Hook the nonlinearities for the next forward pass."""
+        """Before a sampled step: hook the nonlinearities for its forward pass and copy the
+        weights (the update is the difference after the step)."""
         self._want_hist = self._samples % self.histogram_every == 0
         for name, module in self.activations:
-            self._hooks.append(module.register_forward_hook(self._make_hook(name, module)))
+            self._hooks.append(module.register_forward_hook(self._hook_fns[name]))
+        if self.weights:
+            params = [w.detach() for _, w in self.weights]
+            if not self._before:
+                self._before = [torch.empty_like(w) for w in params]
+            torch._foreach_copy_(self._before, params)
+        self._armed = True
 
     def _disarm(self) -> None:
         for handle in self._hooks:
@@ -209,10 +216,10 @@ class Monitor:
             a = output.detach()
             if not a.is_floating_point() or a.dtype in (torch.float16, torch.bfloat16):
                 a = a.float()
-            # sum and sqrt(sum of squares) in float64: the mean and std on the host, exact enough
-            # to see an std of 1e-7 next to a mean of 0.5 (a collapsed sigmoid layer); two cheap
-            # reductions where torch.std_mean costs 10-50x more on the CPU
-            parts = [a.sum(dtype=torch.float64), torch.linalg.vector_norm(a, dtype=torch.float64)]
+            # sum and sqrt(sum of squares), the mean and std then computed on the host: two cheap
+            # reductions where torch.std_mean costs 10-50x more on the CPU. (In float32 an std
+            # below ~1e-3 of the mean reads as about that much: still far below the first layer's.)
+            stats = [a.sum(), torch.linalg.vector_norm(a)]
             units = 0
             if relu:
                 # a unit (feature, or channel of a conv) is dead when it is zero for every example
@@ -221,19 +228,19 @@ class Monitor:
                 if per_unit.dim() > 1:
                     per_unit = per_unit.flatten(1).amax(dim=1)
                 units = per_unit.numel()
-                parts.append(torch.count_nonzero(per_unit <= 0).double())
+                stats.append((per_unit <= 0).sum(dtype=a.dtype))
             elif tanh:
-                parts.append(torch.count_nonzero(a.abs() > SATURATION_LEVEL).double())
+                stats.append((a.abs() > SATURATION_LEVEL).sum(dtype=a.dtype))
             elif sigmoid:
-                parts.append(torch.count_nonzero((a - 0.5).abs() > SATURATION_LEVEL - 0.5).double())
-            self._act_stats[name] = (torch.stack(parts), a.numel(), units, "dead" if relu else
+                stats.append(((a - 0.5).abs() > SATURATION_LEVEL - 0.5).sum(dtype=a.dtype))
+            self._act_stats[name] = (stats, a.numel(), units, "dead" if relu else
                                      "saturated" if tanh or sigmoid else None)
             if output.requires_grad:
                 # the gradient arriving at this layer's output on the way back (Glorot & Bengio
                 # 2010 watch its variance across depth): the vanishing / exploding signal
                 def grad_hook(grad: torch.Tensor) -> None:
                     if name not in self._back:
-                        self._back[name] = torch.linalg.vector_norm(grad.detach(), dtype=torch.float64)
+                        self._back[name] = torch.linalg.vector_norm(grad.detach())
 
                 output.register_hook(grad_hook)
             if self._want_hist:
@@ -242,46 +249,43 @@ class Monitor:
 
         return hook
 
-    def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if not self._sampled(self.step + 1):
-            return
-        if not self.weights:
-            return
-        params = [w for _, w in self.weights]
-        grads = [w.grad.detach() if w.grad is not None else torch.zeros_like(w) for w in params]
-        self._grad_norms = list(torch._foreach_norm(grads))  # one kernel for every layer
-        self._before = [w.detach().clone() for w in params]
-
-    def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self.step += 1
-        if self._sampled(self.step):
-            self._disarm()
-            self._collect()
-        if self._sampled(self.step + 1):
-            self._arm()
-
     def _collect(self) -> None:
         """Everything of this sample in one device-to-host transfer."""
-        n = len(self.weights) if self._before else 0
+        n = len(self.weights) if self._armed else 0
         act_names = [name for name, _ in self.activations if name in self._act_stats]
-        pieces: list[torch.Tensor] = []
+        scalars: list[torch.Tensor] = []
         if n:
+            # the step's gradients are still in .grad (the next zero_grad comes later); norms of
+            # every layer's gradient, weight and update in one call
             current = [w.detach() for _, w in self.weights]
-            update_norms = torch._foreach_norm(torch._foreach_sub(current, self._before))
-            weight_norms = torch._foreach_norm(self._before)
-            pieces.append(torch.stack([*self._grad_norms, *weight_norms, *update_norms]).double())
+            grads = [w.grad if w.grad is not None else self._no_grad(w) for _, w in self.weights]
+            torch._foreach_sub_(self._before, current)  # the copy becomes -Δw
+            scalars += torch._foreach_norm(grads + current + self._before)
         for name in act_names:
-            pieces.append(self._act_stats[name][0])
+            scalars += self._act_stats[name][0]
             back = self._back.get(name)
-            pieces.append(back.reshape(1) if back is not None else self._nan.to(pieces[-1].device))
-        flat = torch.cat([p.to(pieces[0].device) for p in pieces]).tolist() if pieces else []
-        # 3n weight numbers (grad norms, weight norms, update norms), then per activation layer:
-        # sum, sqrt(sum of squares), [dead or saturated count], backpropagated gradient norm
+            scalars.append(back if back is not None else self._no_grad(scalars[-1]).reshape(()))
+        # every number of the sample in one stack, one device-to-host transfer; turning them into
+        # a record waits for the next read of .records (in bulk: cheaper than one at a time)
+        flat = torch.stack([t.float() for t in scalars]).tolist() if scalars else []
+        layout = [(name, *self._act_stats[name][1:]) for name in act_names]
+        hists = {name: self._histogram(*self._hists[name]) for name in self._hists}
+        self._raw.append((self.step, n, flat, layout, hists))
+        self._samples += 1
+        self._act_stats.clear()
+        self._back.clear()
+        self._hists.clear()
+        self._armed = False
+
+    def _record(self, step: int, n: int, flat: list[float], layout: list[tuple[str, int, int, str | None]],
+                hists: dict[str, dict[str, Any]], loss: float) -> dict[str, Any]:
+        """One sample's numbers as a record: 3n weight numbers (gradient, weight and update
+        norms), then per activation layer: sum, sqrt(sum of squares), [dead or saturated
+        count], backpropagated gradient norm."""
         grad_norms, weight_norms, update_norms = flat[:n], flat[n:2 * n], flat[2 * n:3 * n]
         at = 3 * n
         layers: dict[str, dict[str, Any]] = {}
-        for name in act_names:
-            _, count, units, counted = self._act_stats[name]
+        for name, count, units, counted in layout:
             width = 3 if counted else 2
             total, root_sq = flat[at:at + 2]
             mean = total / count
@@ -295,24 +299,36 @@ class Monitor:
             if not math.isnan(back):
                 entry["act_grad_rms"] = back / math.sqrt(count)
             at += width + 1
-            if name in self._hists:
-                entry["hist"] = self._histogram(*self._hists[name])
+            if name in hists:
+                entry["hist"] = hists[name]
             layers[name] = entry
         for i, (name, w) in enumerate(self.weights[:n]):
             entry = layers.setdefault(name, {"type": self._types.get(name, "Parameter")})
-            entry.update({
-                "grad_norm": grad_norms[i],
-                "grad_rms": grad_norms[i] / math.sqrt(max(w.numel(), 1)),
-                "weight_norm": weight_norms[i],
-                "update_ratio": update_norms[i] / weight_norms[i] if weight_norms[i] > 0 else float("inf"),
-            })
-        self._pending = {"step": self.step, "layers": layers}
-        self._samples += 1
-        self._act_stats.clear()
-        self._back.clear()
-        self._hists.clear()
-        self._before = []
-        self._grad_norms = []
+            if not math.isnan(grad_norms[i]):
+                entry["grad_norm"] = grad_norms[i]
+                entry["grad_rms"] = grad_norms[i] / math.sqrt(max(w.numel(), 1))
+            entry["weight_norm"] = weight_norms[i]
+            entry["update_ratio"] = update_norms[i] / weight_norms[i] if weight_norms[i] > 0 else float("inf")
+        return {"step": step, "layers": layers, "loss": loss}
+
+    def flush(self) -> None:
+        """Turn the samples taken since the last call into records (and hand them to the sink)."""
+        raw, self._raw = self._raw, []
+        for sample in raw:
+            record = self._record(*sample)
+            self._records.append(record)
+            if self.sink is not None:
+                self.sink(record)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Every sample so far as a record (the lines of ``monitors.jsonl``)."""
+        self.flush()
+        return self._records
+
+    def _no_grad(self, w: torch.Tensor) -> torch.Tensor:
+        """A layer without a gradient (frozen, or .grad cleared before observe_loss): NaN norm."""
+        return torch.full((1,), math.nan, device=w.device, dtype=w.dtype)
 
     def _histogram(self, bounds: torch.Tensor, values: torch.Tensor) -> dict[str, Any]:
         lo, hi = bounds.tolist()
@@ -325,20 +341,26 @@ class Monitor:
     # ------------------------------------------------------------------ the loss
 
     def observe_loss(self, loss: torch.Tensor | float) -> Finding | None:
-        """Give the monitor the loss of the step just taken (call it after ``optimizer.step()``).
+        """Give the monitor the loss of the step just taken: call it once after every
+        ``optimizer.step()`` (it counts the steps).
 
-        At sampled steps it is read (one sync), attached to the record and checked by the
-        explosion guard; at other steps this costs nothing. Returns the guard's finding
+        At a sampled step the statistics are collected, the loss is read (one sync), and the
+        explosion guard checks it; the hooks for the next sampled step are set up the step
+        before it. Other steps cost a counter increment. Returns the guard's finding
         (``loss_exploded`` or ``nonfinite_loss``) the first time it trips, else None.
         """
-        if self._pending is None or self._pending["step"] != self.step:
-            return None
-        record, self._pending = self._pending, None
-        value = float(loss.detach().float().item()) if isinstance(loss, torch.Tensor) else float(loss)
-        record["loss"] = value
-        self.records.append(record)
-        if self.sink is not None:
-            self.sink(record)
+        self.step = step = self.step + 1
+        every = self.every
+        found = self._observe_sampled(loss) if (step - 1) % every == 0 else None
+        if step % every == 0:  # the next step is sampled
+            self._arm()
+        return found
+
+    def _observe_sampled(self, loss: torch.Tensor | float) -> Finding | None:
+        self._disarm()
+        self._collect()  # the weights are now the updated ones
+        value = float(loss.item()) if isinstance(loss, torch.Tensor) else float(loss)
+        self._raw[-1] = (*self._raw[-1], value)
         return self.check_loss(value, self.step)
 
     def check_loss(self, value: float, step: int) -> Finding | None:
@@ -383,11 +405,9 @@ class Monitor:
         return monitor_summary(self.records)
 
     def detach(self) -> None:
-        """Remove every hook; the model and optimizer are as they were."""
+        """Remove every hook (the model and optimizer are as they were) and flush."""
         self._disarm()
-        for handle in self._opt_hooks:
-            handle.remove()
-        self._opt_hooks = []
+        self.flush()
 
 
 # --------------------------------------------------------------------------- the rules
@@ -550,7 +570,8 @@ def _collapse_rule(records: list[dict[str, Any]]) -> list[Finding]:
         low = min(range(len(stds)), key=stds.__getitem__)
         falls = sum(b < a for a, b in zip(stds[:low], stds[1:low + 1], strict=False))
         flags.append(low >= 2 and stds[low] < COLLAPSE_RATIO * stds[0] and falls >= low - 1)
-        firsts.append(next((n for n, s in zip(names, stds, strict=False) if s < 0.1 * stds[0]), names[-1]))
+        # the onset: the first layer whose std is under half that of the layer before it
+        firsts.append(next((names[k] for k in range(1, len(stds)) if stds[k] < 0.5 * stds[k - 1]), names[low]))
     kind = _persistence(flags)
     if kind is None:
         return []
@@ -561,7 +582,7 @@ def _collapse_rule(records: list[dict[str, Any]]) -> list[Finding]:
     layer = firsts[index]
     low = min(range(len(stds)), key=stds.__getitem__)
     text = (f"The activation std shrinks layer after layer, from {stds[0]:.3g} in {names[0]} to {stds[low]:.3g} in "
-            f"{names[low]} (below 10% of the first from {layer} on): deep layers see almost nothing, and their "
+            f"{names[low]} (shrinking from {layer} on): deep layers see almost nothing, and their "
             "gradients are as small.")
     if kind == "at_init":
         text += f" This was so at initialisation and had cleared by step {_recovered_step(records, flags)}."

@@ -27,7 +27,6 @@ Example
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +51,10 @@ class Watch:
                                sink=self._write if self._handle is not None else None)
 
     def _write(self, record: dict[str, Any]) -> None:
-        from babysit.train.callbacks import _json_number
+        from babysit.train.callbacks import monitor_line
 
         assert self._handle is not None
-        self._handle.write(json.dumps(_json_number(record)) + "\n")
+        self._handle.write(monitor_line(record))
 
     def step(self, loss: torch.Tensor | float) -> bool:
         """Record the loss of the step just taken (call after ``optimizer.step()``).

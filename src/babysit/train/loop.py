@@ -186,23 +186,31 @@ class Trainer:
         counted = 0
         model.train()
         plain = not (noise or self.is_lbfgs or penalty or scaler or clip or after_step or schedule_step
-                     or batch_hooks or self.autocast is not contextlib.nullcontext)
+                     or self.autocast is not contextlib.nullcontext)
         if plain:
             # the common case, as lean as a hand-written loop: nothing optional to decide per step
+            # (batch callbacks, e.g. the monitors, are one call each)
+            state = self.state
             for i, (xb, yb) in enumerate(batches):
                 out = forward(xb)
                 loss = loss_fn(out, yb)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                losses.append(loss.detach())
+                loss = loss.detach()
+                losses.append(loss)
                 if every and i % every == 0:
                     corrects.append((predict(out.detach()) == yb).sum())
                     counted += len(yb)
                 # let the output's memory go back to the allocator before the next forward
                 # (holding it one step longer costs about 2% on a small MLP)
                 del out
-            self.state.step += len(losses)
+                state.step += 1
+                if batch_hooks:
+                    for hook in batch_hooks:
+                        hook(self, loss)
+                    if state.stop:  # the explosion guard: stop at once, not at the epoch's end
+                        break
             return losses, corrects, counted
         for i, (xb, yb) in enumerate(batches):
             if noise:

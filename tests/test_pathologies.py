@@ -1,0 +1,101 @@
+"""The pathology suite, end to end: each finding id on a spec built to have it, through
+``run()`` (what ``babysit train`` does), and no warning or error on any spec in examples/.
+
+The specs are CS231n's babysitting cases: very negative biases (dead ReLUs), N(0, 1) init on a
+10-layer tanh net (saturation), N(0, 0.01^2) init on it (collapse), a deep sigmoid stack
+(vanishing gradients), a too-large init on a deep ReLU net (exploding gradients), a huge and a
+tiny learning rate, zero init, raw unscaled features, a big net on 200 examples, logistic
+regression on MNIST-1D. Two findings need a hand-built module and are tested on the Python API
+in test_preflight.py: a custom autograd function with a wrong backward
+(``gradient_check_failed``) and a layer that mixes the batch (``batch_mixing``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from babysit import config
+from babysit.checks.findings import FINDINGS
+from babysit.train.runner import run
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+DEEP10 = "model.hidden=[100,100,100,100,100,100,100,100,100,100]"
+
+# (name, spec file or None for the default, overrides, {id: (severity, layer or None)})
+PATHOLOGIES = [
+    ("outputs-too-large", None, ["model.init=normal", "model.init_std=1.0", "train.epochs=1"],
+     {"initial_loss_off": ("error", None)}),
+    ("dead-relu", None, ["model.bias_init=-5", "train.epochs=2"],
+     {"dead_relu": ("warning", "hidden.1.1"), "cannot_overfit_tiny_subset": ("error", None)}),
+    ("raw-pixels", None, ["data.source=digits", "data.preprocess=[]", "train.epochs=1"],
+     {"inputs_not_normalized": ("warning", None)}),
+    ("zero-init", None, ["model.init=zeros", "train.epochs=1"],
+     {"symmetric_init": ("error", "hidden.0.0")}),
+    ("huge-lr", None, ["optimizer.lr=5", "train.epochs=3"],
+     {"loss_exploded": ("error", None), "update_ratio_high": ("warning", None), "lr_too_high": ("warning", None)}),
+    ("overflow", None, ["loss=mse", "optimizer.lr=1e10", "optimizer.momentum=0", "train.epochs=2"],
+     {"nonfinite_loss": ("error", None)}),
+    ("tanh-unit-normal", None, [DEEP10, "model.activation=tanh", "model.init=normal", "model.init_std=1.0",
+                                "train.epochs=3"],
+     {"saturated_activations": ("warning", None)}),
+    ("tanh-tiny-init", None, [DEEP10, "model.activation=tanh", "model.init=normal", "model.init_std=0.01",
+                              "train.epochs=3"],
+     {"activation_collapse": ("warning", "hidden.1.1"), "vanishing_gradients": ("warning", "hidden.0.1")}),
+    ("deep-sigmoid", None, ["model.hidden=[100,100,100,100,100,100,100,100]", "model.activation=sigmoid",
+                            "train.epochs=3"],
+     {"vanishing_gradients": ("warning", "hidden.0.1")}),
+    ("relu-large-init", None, [DEEP10, "model.init=normal", "model.init_std=0.5", "optimizer.name=adam",
+                               "optimizer.lr=0.001", "train.epochs=2"],
+     {"exploding_gradients": ("warning", "hidden.0.1")}),
+    ("tiny-lr", None, ["optimizer.lr=1e-6", "train.epochs=3"],
+     {"update_ratio_low": ("warning", None), "lr_too_low": ("warning", None)}),
+    ("big-net-200-examples", None, ["data.train_size=200", "model.hidden=[512,512]",
+                                    "train.early_stopping.patience=null", "train.epochs=40"],
+     {"overfitting": ("warning", None)}),
+    ("logreg", "mnist1d-logreg.yaml", [], {"underfitting": ("info", None)}),
+    ("cut-short", "spirals-mlp.yaml", ["train.epochs=10"], {"not_converged": ("warning", None)}),
+]
+ON_THE_API = {"gradient_check_failed", "batch_mixing"}  # test_preflight.py
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_suite_covers_every_finding():
+    covered = {fid for *_, expected in PATHOLOGIES for fid in expected} | ON_THE_API
+    assert covered == set(FINDINGS)
+
+
+@pytest.mark.parametrize("name, spec_file, overrides, expected", PATHOLOGIES, ids=[p[0] for p in PATHOLOGIES])
+def test_pathology_gets_its_finding(name, spec_file, overrides, expected, tmp_path):
+    spec_path = Path(__file__).resolve().parents[1] / "examples" / spec_file if spec_file else None
+    result = run(config.load(spec_path, ["train.device=cpu", *overrides]), out=tmp_path / name, quiet=True)
+    written = json.loads((tmp_path / name / "findings.json").read_text())
+    found: dict = {}
+    for f in written:  # the first (most severe) of each id
+        found.setdefault(f["id"], f)
+    for fid, (severity, layer) in expected.items():
+        assert fid in found, f"{name}: expected {fid}, got {sorted(found)}"
+        assert found[fid]["severity"] == severity, found[fid]
+        if layer is not None:
+            assert found[fid].get("layer") == layer, found[fid]
+        assert found[fid]["message"] and found[fid]["advice"] and found[fid]["evidence"]
+    assert [f.id for f in result.findings] == [f["id"] for f in written]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_examples_raise_no_warning(path, tmp_path):
+    """No false alarms: every example, trained as written, gets at most info findings."""
+    result = run(config.load(path, ["train.device=cpu"]), out=tmp_path / path.stem, quiet=True)
+    loud = [(f.id, f.layer, f.message) for f in result.findings if f.severity != "info"]
+    assert loud == []
