@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from babysit import config
 from babysit.checks import diagnose as rules
@@ -27,13 +26,7 @@ LN10 = math.log(10)
 AFTER_RUN = {"overfitting", "underfitting", "lr_too_high", "lr_too_low", "not_converged"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small runs on a shared 2-core machine: extra intra-op threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- helpers

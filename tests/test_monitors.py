@@ -34,13 +34,7 @@ from babysit.train.checkpoint import load_checkpoint
 from babysit.train.loop import Callback, Trainer
 from babysit.train.runner import read_jsonl, run
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def data(n=512, inputs=20, classes=4, seed=0):

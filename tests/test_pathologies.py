@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from babysit import config
 from babysit.checks.findings import FINDINGS
@@ -62,12 +61,7 @@ PATHOLOGIES = [
 ON_THE_API = {"gradient_check_failed", "batch_mixing"}  # test_preflight.py
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_suite_covers_every_finding():

@@ -32,13 +32,7 @@ DESIGN_IDS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Preflight runs many tiny ops; under pytest-xdist extra intra-op threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def classes_data(n=256, shape=(40,), classes=10, seed=0):

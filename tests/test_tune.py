@@ -11,9 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import struct
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,6 @@ import torch
 from torch import nn
 
 from babysit import config
-from babysit.cli import main
 from babysit.errors import BabysitError
 from babysit.optim.optimizers import build_optimizer
 from babysit.train.runner import prepare
@@ -41,18 +38,13 @@ from babysit.tune import (
     write_lr_find,
 )
 from babysit.tune.progress import StepProgress
+from helpers import run_cli
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist1d-mlp.yaml"
 FAST = ["data.source=spirals", "data.samples=300", "data.batch_size=32", "name=spirals-fast"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models: under pytest-xdist extra intra-op threads only contend (and change the numbers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -381,22 +373,6 @@ def test_the_table_lists_sizes_in_order_and_marks_the_best():
 # --------------------------------------------------------------------------- the command line
 
 
-def run_cli(args, capsys, cwd=None):
-    """Run ``babysit ARGS`` in this process; returns (exit code, stdout, stderr)."""
-    old_argv, old_cwd = sys.argv, os.getcwd()
-    sys.argv = ["babysit", *args]
-    if cwd is not None:
-        os.chdir(cwd)
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = old_argv
-        os.chdir(old_cwd)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_lr_find_writes_the_figure_and_prints_the_command(tmp_path, capsys):
