@@ -3,6 +3,8 @@
     babysit train [SPEC] [KEY=VALUE ...] [--out DIR] [--resume]
     babysit lr-find [SPEC] [KEY=VALUE ...] [--out DIR] [--start LR] [--end LR] [--steps N]
     babysit batch-find [SPEC] [KEY=VALUE ...] [--max N] [--out DIR]
+    babysit report RUN [--out FILE]
+    babysit compare RUN RUN ... [--out FILE]
 
 A mistake the user can make (a bad spec key or value, a missing file, bad data) ends with
 one line on stderr naming the problem and exit code 2, never a traceback.
@@ -88,6 +90,7 @@ def train(
     for line in main_summary_lines(result):
         typer.echo(line)
     _print_findings(result.findings, result.path / "findings.json")
+    typer.echo(f"report: {result.path / 'report.html'}")
 
 
 def _print_findings(findings: list, where: Path) -> None:
@@ -258,6 +261,46 @@ def batch_find_command(
         path = write_batch_find(result, out, extra={"name": spec.run_name, "precision": spec.train.precision,
                                                     "steps": steps})
         typer.echo(f"wrote {path}")
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="A run directory (what babysit train wrote).",
+                                   show_default=False),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Where to write the page (default RUN/report.html)."),
+) -> None:
+    """Write (or redraw) a run's report: one self-contained HTML page, no network needed.
+
+    The page shows the spec and final metrics, the findings (most severe first, each with
+    its evidence), the loss, accuracy and learning-rate curves, the per-layer monitors, the
+    first layer's weights, the loss landscape when there is one, and the resolved spec.
+    `babysit train` writes it at the end of every run.
+
+    Example:
+
+      babysit report runs/mnist1d-mlp
+    """
+    from babysit.report import render
+
+    typer.echo(f"wrote {render(run_dir, out)}")
+
+
+@app.command()
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN RUN...", help="Run directories to put side by side.",
+                                          show_default=False),
+    out: Path = typer.Option(Path("compare.html"), "--out", "-o", help="Where to write the page."),
+) -> None:
+    """Compare runs on one HTML page: curves overlaid, final metrics and findings side by
+    side, and the spec keys that differ.
+
+    Example:
+
+      babysit compare runs/mnist1d-logreg runs/mnist1d-mlp runs/mnist1d-cnn --out runs/compare.html
+    """
+    from babysit.report import compare as compare_runs
+
+    typer.echo(f"wrote {compare_runs(run_dirs, out)}")
 
 
 def main() -> None:

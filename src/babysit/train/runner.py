@@ -320,7 +320,20 @@ def run(
                              monitors.guard if monitors is not None else None)
     summary["findings"] = {sev: sum(f.severity == sev for f in findings) for sev in ("error", "warning", "info")}
     (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    _write_report(path)
     return RunResult(path=path, summary=summary, model=model, splits=splits, findings=findings)
+
+
+def _write_report(path: Path) -> None:
+    """report.html, the page to look at (``babysit report RUN`` redraws it). The run is complete
+    without it: a failure to draw is reported in one line, not raised."""
+    from babysit.report import render
+
+    try:
+        render(path)
+    except Exception as exc:  # noqa: BLE001 (a figure bug must not cost the user the run's end)
+        print(f"report: not written ({type(exc).__name__}: {exc}); the run directory is complete, "
+              f"retry with: babysit report {path}", file=sys.stderr)
 
 
 def _first_loss(path: Path) -> float | None:

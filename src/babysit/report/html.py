@@ -1,0 +1,624 @@
+"""The HTML report of a run, and the page comparing runs.
+
+``render(run_dir)`` reads what a run directory holds (config.yaml, metrics.jsonl,
+summary.json, findings.json, monitors.jsonl, checkpoints/, landscape.json, figures/*.png),
+and writes ``report.html`` beside them: one self-contained file that opens offline in any
+browser. Every figure is a PNG embedded as base64; the only style is a small inline
+``<style>``; there is no script, font or address of any kind, so nothing is fetched and
+the page works with JavaScript off. All text from the run is escaped.
+
+The page, top to bottom: the spec's essentials and the final metrics; the findings, most
+severe first, each with its title, message, advice and evidence figure; the loss and
+accuracy curves and the learning rate; the per-layer monitors (update/weight ratio with
+the healthy band around 1e-3, gradient norms, dead and saturated fractions, activation
+histograms at init and at the end); the first layer's weights; the loss landscape when
+``babysit landscape`` left one; the resolved spec.
+
+``compare(run_dirs, out)`` writes one page with the runs' curves overlaid, their final
+metrics and findings side by side, and the spec keys that differ.
+
+Example
+-------
+>>> import tempfile, pathlib
+>>> run_dir = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (run_dir / "config.yaml").write_text("name: tiny\\n")
+>>> _ = (run_dir / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0, "val_loss": 1.2}\\n')
+>>> path = render(run_dir)
+>>> path.name, "<h1>tiny</h1>" in path.read_text()
+('report.html', True)
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import math
+import os
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from babysit.errors import BabysitError
+from babysit.report import figures
+
+MAX_LANDSCAPE_PNG = 2_000_000  # bytes; a bigger figure is named, not embedded (the page stays small)
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 72em; padding: 0 1em; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 1.8em; }
+table { border-collapse: collapse; margin: 0.5em 0; } th, td { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+nav a { margin-right: 1em; } .muted { color: #666; } img { max-width: 100%; height: auto; }
+figure { margin: 0.8em 0; } figcaption { color: #555; font-size: 0.9em; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
+.finding { border-left: 6px solid #999; padding: 0.2em 1em; margin: 1em 0; background: #fafafa; }
+.finding.error { border-color: #c0392b; } .finding.warning { border-color: #e0a800; } .finding.info { border-color: #2f80c0; }
+.severity { text-transform: uppercase; font-size: 0.8em; font-weight: bold; }
+.error .severity { color: #c0392b; } .warning .severity { color: #9a7400; } .info .severity { color: #2f80c0; }
+.grid { display: flex; flex-wrap: wrap; gap: 1em; } .grid figure { flex: 1 1 28em; }
+"""
+
+
+# --------------------------------------------------------------------------- reading a run
+
+
+@dataclass
+class RunFiles:
+    """What the report reads from a run directory; missing files are empty."""
+
+    path: Path
+    config_text: str
+    spec: dict[str, Any]
+    history: list[dict[str, Any]]
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+    findings: list[dict[str, Any]]
+    landscape: dict[str, Any] | None = None
+    landscape_figures: list[Path] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.spec.get("name") or self.summary.get("name") or self.path.name)
+
+
+def read_run(run_dir: str | Path) -> RunFiles:
+    """Read a run directory; one that has no config.yaml is a BabysitError.
+
+    Example
+    -------
+    >>> read_run("/nonexistent/run")
+    Traceback (most recent call last):
+    ...
+    babysit.errors.BabysitError: /nonexistent/run: not a run directory (no config.yaml); train one with babysit train
+    """
+    from babysit.train.runner import read_jsonl, read_jsonl_list
+
+    path = Path(run_dir)
+    if not (path / "config.yaml").is_file():
+        raise BabysitError(f"{path}: not a run directory (no config.yaml); train one with babysit train")
+    config_text = (path / "config.yaml").read_text(encoding="utf-8", errors="replace")
+    try:
+        spec = yaml.safe_load(config_text) or {}
+    except yaml.YAMLError:
+        raise BabysitError(f"{path / 'config.yaml'}: not valid YAML") from None
+    if not isinstance(spec, dict):
+        raise BabysitError(f"{path / 'config.yaml'}: not a spec (a YAML mapping)")
+    summary = _read_json(path / "summary.json")
+    landscape = _read_json(path / "landscape.json") if (path / "landscape.json").exists() else None
+    return RunFiles(
+        path=path,
+        config_text=config_text,
+        spec=spec,
+        history=[r for r in read_jsonl(path / "metrics.jsonl") if "epoch" in r],
+        records=[r for r in read_jsonl(path / "monitors.jsonl") if isinstance(r.get("layers"), dict) and "step" in r],
+        summary=summary if isinstance(summary, dict) else {},
+        findings=[f for f in read_jsonl_list(path / "findings.json") if isinstance(f, dict) and "id" in f],
+        landscape=landscape if isinstance(landscape, dict) else ({"value": landscape} if landscape is not None else None),
+        landscape_figures=sorted((path / "figures").glob("*.png")) if (path / "figures").is_dir() else [],
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+
+
+def first_layer_weight(run_dir: str | Path) -> tuple[str, Any, str] | None:
+    """The name, values (numpy) and checkpoint file of the first layer's weight in the run's
+    best (else last) checkpoint: the first 2+-dimensional tensor whose name ends in 'weight', else the first
+    2+-dimensional tensor. None when there is no readable checkpoint.
+
+    Example
+    -------
+    >>> first_layer_weight("/nonexistent/run") is None
+    True
+    """
+    from babysit.train.checkpoint import load_checkpoint
+
+    for name in ("best.pt", "last.pt"):
+        path = Path(run_dir) / "checkpoints" / name
+        if not path.exists():
+            continue
+        try:
+            state = load_checkpoint(path, map_location="cpu").get("model", {})
+        except BabysitError:
+            continue
+        tensors = [(k, v) for k, v in state.items() if hasattr(v, "dim") and v.dim() >= 2 and v.is_floating_point()]
+        chosen = next(((k, v) for k, v in tensors if k.endswith("weight")), tensors[0] if tensors else None)
+        if chosen is not None:
+            return chosen[0], chosen[1].detach().float().cpu().numpy(), name
+    return None
+
+
+# --------------------------------------------------------------------------- HTML pieces
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def data_uri(png: bytes) -> str:
+    """A PNG as a ``data:`` URI. The base64 text never contains 'http' (in any case), so a
+    search of the page for a network address finds none: when it would, a short comment
+    chunk is added after the PNG header, which shifts the encoding.
+
+    Example
+    -------
+    >>> data_uri(figures.PNG_SIGNATURE + b"rest")[:22]
+    'data:image/png;base64,'
+    """
+    for pad in range(16):
+        body = png
+        if pad and png.startswith(figures.PNG_SIGNATURE) and len(png) >= 33:
+            body = png[:33] + _png_chunk(b"tEXt", b"Comment\x00" + b" " * pad) + png[33:]  # 33: signature + IHDR
+        text = base64.b64encode(body).decode("ascii")
+        if "http" not in text.lower():
+            break
+    return "data:image/png;base64," + text
+
+
+def _figure(fig: Any, caption: str, alt: str | None = None) -> str:
+    """An embedded figure (empty when there is nothing to draw)."""
+    if fig is None:
+        return ""
+    uri = data_uri(figures.png_bytes(fig))
+    return (f'<figure><img src="{uri}" alt="{_e(alt or caption)}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _e("" if value is None else value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _metric(value: Any, key: str) -> str:
+    if key.endswith("_acc") and isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return f"{value:.2%}"
+    return _number(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table; cells are already-escaped HTML."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _page(title: str, body: str) -> str:
+    generated = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<title>{_e(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n{body}\n"
+        f"<footer><p class=\"muted\">Written by babysit on {generated}.</p></footer>\n</body>\n</html>\n"
+    )
+
+
+def _write(path: Path, text: str) -> Path:
+    """Write atomically (a page is never seen half-written); ``path`` must name a file."""
+    if path.is_dir():
+        raise BabysitError(f"{path}: is a directory; --out names the HTML file to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+    return path
+
+
+# --------------------------------------------------------------------------- the run report
+
+
+def _spec_essentials(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """(section, one-line description) for the header."""
+
+    def pick(section: str, keys: Sequence[str]) -> str:
+        values = spec.get(section) or {}
+        if not isinstance(values, dict):
+            return str(values)
+        # defaults that change nothing (0, false, none) are left out: config.yaml below has everything
+        return ", ".join(f"{k} {_short(values[k])}" for k in keys
+                         if values.get(k) not in (None, [], "", "none", False, 0))
+
+    model = spec.get("model") or {}
+    convolutional = isinstance(model, dict) and model.get("kind") in ("cnn", "resnet")
+    sizes = ("channels", "kernel_size") if convolutional else ("hidden",)
+    return [(label, text) for label, text in (
+        ("data", pick("data", ("source", "path", "train_size", "batch_size", "preprocess"))),
+        ("model", pick("model", ("kind", *sizes, "activation", "norm", "init", "init_std", "bias_init",
+                                 "dropout", "residual"))),
+        ("loss", _short(spec.get("loss", ""))),
+        ("optimizer", pick("optimizer", ("name", "lr", *(("momentum",) if _uses_momentum(spec) else ()),
+                                         "weight_decay", "grad_clip"))),
+        ("schedule", pick("schedule", ("name", "warmup_steps"))),
+        ("regularization", pick("regularization", ("l1", "max_norm", "activity", "input_noise"))),
+        ("train", pick("train", ("epochs", "precision", "compile"))),
+        ("seed", _short(spec.get("seed", ""))),
+    ) if text not in ("", "None")]
+
+
+def _uses_momentum(spec: dict[str, Any]) -> bool:
+    optimizer = spec.get("optimizer")
+    return isinstance(optimizer, dict) and optimizer.get("name") in ("sgd", "momentum", "nesterov", "rmsprop")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _header(run: RunFiles) -> str:
+    s = run.summary
+    spec_rows = [(f"<th>{_e(k)}</th>", _e(v)) for k, v in _spec_essentials(run.spec)]
+    spec_table = "<table><tbody>" + "".join(f"<tr>{k}<td>{v}</td></tr>" for k, v in spec_rows) + "</tbody></table>"
+    splits = [split for split in ("train", "val", "test") if f"{split}_loss" in s]
+    has_acc = any(f"{split}_acc" in s for split in splits)  # a regression has none
+    metrics = _table(["split", "loss", *(["accuracy"] if has_acc else [])],
+                     [[_e(split), _number(s.get(f"{split}_loss")),
+                       *([_metric(s.get(f"{split}_acc"), "_acc")] if has_acc else [])]
+                      for split in splits]) if splits else '<p class="muted">No final metrics (summary.json is missing: the run did not finish).</p>'
+    facts = []
+    if "epochs" in s:
+        facts.append(f"{_number(s['epochs'])} epochs, {_number(s.get('steps'))} steps")
+    if isinstance(s.get("wall_time_s"), int | float):
+        facts.append(f"{s['wall_time_s']:.1f} s on {_e(s.get('device', '?'))}")
+    if s.get("parameters") is not None:
+        facts.append(f"{_number(s['parameters'])} parameters")
+    if s.get("best_epoch") is not None:
+        facts.append(f"weights kept from epoch {_number(s['best_epoch'])}")
+    stop = f"<p>{_e(s['stop_reason'])}</p>" if s.get("stop_reason") else ""
+    diverged = '<p class="severity error">The run diverged.</p>' if s.get("diverged") else ""
+    return (f"<header><h1>{_e(run.name)}</h1><p class=\"muted\">{_e(run.path)}</p>"
+            f"<p>{' · '.join(facts)}</p>{stop}{diverged}</header>"
+            f'<div class="grid"><section><h2 id="spec-summary">Experiment</h2>{spec_table}</section>'
+            f'<section><h2 id="metrics">Final metrics</h2>{metrics}'
+            f'<p class="muted">Measured on the kept weights after training.</p></section></div>')
+
+
+# finding id -> (monitor statistic, axis label, log axis); the gradient pair reads its key from the evidence
+_MONITOR_FIGURES: dict[str, tuple[str, str, bool]] = {
+    "dead_relu": ("dead_fraction", "dead fraction", False),
+    "saturated_activations": ("saturated_fraction", "saturated fraction", False),
+    "activation_collapse": ("act_std", "activation std", True),
+    "vanishing_gradients": ("act_grad_rms", "gradient RMS", True),
+    "exploding_gradients": ("act_grad_rms", "gradient RMS", True),
+    "update_ratio_high": ("update_ratio", "||Δw|| / ||w||", True),
+    "update_ratio_low": ("update_ratio", "||Δw|| / ||w||", True),
+}
+_DIAGNOSIS = ("overfitting", "underfitting", "lr_too_high", "lr_too_low", "not_converged")
+
+
+def finding_figure(finding: dict[str, Any], run: RunFiles) -> Any:
+    """The evidence figure of one finding (None where none makes sense, e.g. preflight):
+    a monitor finding shows its statistic per layer over the steps; the explosion guard the
+    sampled loss and the limit; a diagnosis the loss curves with its epoch marked."""
+    fid, evidence = finding.get("id"), finding.get("evidence") or {}
+    step = finding.get("step") if isinstance(finding.get("step"), int) else None
+    if fid in _MONITOR_FIGURES and run.records:
+        key, label, log = _MONITOR_FIGURES[fid]
+        if fid in ("vanishing_gradients", "exploding_gradients"):
+            key = evidence.get("measured_on") or key
+        band = figures.HEALTHY_BAND if key == "update_ratio" else None
+        return figures.layer_series(run.records, key, ylabel=label, log=log, band=band,
+                                    line=figures.HEALTHY_UPDATE_RATIO if band else None,
+                                    mark_step=step, highlight=finding.get("layer"),
+                                    ylim=(-0.02, 1.02) if not log else None)
+    if fid in ("loss_exploded", "nonfinite_loss"):
+        initial, factor = evidence.get("initial_loss"), evidence.get("explosion_factor")
+        limit = initial * factor if isinstance(initial, int | float) and isinstance(factor, int | float) else None
+        loss = evidence.get("loss")
+        if run.records:
+            point = (step, loss) if step is not None and isinstance(loss, int | float) else None
+            return figures.monitor_loss(run.records, limit=limit, mark_step=step, point=point)
+        return figures.loss_curves(run.history)
+    if fid in _DIAGNOSIS:
+        epochs = [(k, v) for k, v in evidence.items() if k.endswith("_epoch") and isinstance(v, int)]
+        if epochs:
+            key, epoch = epochs[0]
+            return figures.loss_curves(run.history, mark_epoch=epoch, mark_label=key.replace("_", " "))
+        return figures.loss_curves(run.history)
+    return None
+
+
+def _findings_section(run: RunFiles) -> str:
+    from babysit.checks.findings import FINDINGS
+
+    if not run.findings:
+        text = ("No findings: nothing looked wrong." if (run.path / "findings.json").exists()
+                else "No findings.json: the checks did not run.")
+        return f'<section><h2 id="findings">Findings</h2><p>{text}</p></section>'
+    rank = {"error": 0, "warning": 1, "info": 2}
+    ordered = sorted(run.findings, key=lambda f: rank.get(f.get("severity"), 3))
+    counts = ", ".join(f"{sum(f.get('severity') == s for f in ordered)} {s}" for s in rank
+                       if any(f.get("severity") == s for f in ordered))
+    parts = [f'<section><h2 id="findings">Findings <span class="muted">({_e(counts)})</span></h2>']
+    for f in ordered:
+        severity = f.get("severity") if f.get("severity") in rank else "info"
+        where = [f"layer {f['layer']}" if f.get("layer") else "", f"step {f['step']}" if f.get("step") is not None else ""]
+        where_text = " · ".join(w for w in where if w)
+        evidence = json.dumps(f.get("evidence") or {}, indent=1, default=str)
+        if len(evidence) > 4000:
+            evidence = evidence[:4000] + "\n..."
+        caption = f"Evidence for {FINDINGS.get(f['id'], f['id'])}"
+        parts.append(
+            f'<article class="finding {severity}"><h3><span class="severity">{_e(severity)}</span> '
+            f"{_e(FINDINGS.get(f['id'], f['id']))} <code class=\"muted\">{_e(f['id'])}</code></h3>"
+            + (f'<p class="muted">{_e(where_text)}</p>' if where_text else "")
+            + f"<p>{_e(f.get('message', ''))}</p><p><strong>Try:</strong> {_e(f.get('advice', ''))}</p>"
+            + _figure(finding_figure(f, run), caption)
+            + f"<details><summary>evidence</summary><pre>{_e(evidence)}</pre></details></article>"
+        )
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _curves_section(run: RunFiles) -> str:
+    if not run.history:
+        return '<section><h2 id="curves">Learning curves</h2><p class="muted">No epochs logged.</p></section>'
+    best = run.summary.get("best_epoch")
+    curves = figures.loss_curves(run.history, mark_epoch=best if isinstance(best, int) else None,
+                                 mark_label="kept weights")
+    lr = figures.lr_curve(run.history)
+    lrs = {r.get("lr") for r in run.history if r.get("lr") is not None}
+    lr_text = "" if lr is not None else (f"<p>Learning rate: {_number(lrs.pop())} throughout.</p>" if len(lrs) == 1 else "")
+    return (f'<section><h2 id="curves">Learning curves</h2>'
+            f"{_figure(curves, 'Loss and accuracy per epoch, training and validation (mean over each epoch).')}"
+            f"{_figure(lr, 'Learning rate per epoch.')}{lr_text}</section>")
+
+
+def _monitors_section(run: RunFiles) -> str:
+    head = '<section><h2 id="layers">Layers</h2>'
+    if not run.records:
+        return head + '<p class="muted">No monitor samples (checks.monitors was off, or the run stopped first).</p></section>'
+    every = run.spec.get("checks", {}).get("every") if isinstance(run.spec.get("checks"), dict) else None
+    panels = [
+        (figures.layer_series(run.records, "update_ratio", ylabel="||Δw|| / ||w||", log=True,
+                              band=figures.HEALTHY_BAND, line=figures.HEALTHY_UPDATE_RATIO),
+         "Update/weight ratio per layer per step (log axis). CS231n: about 1e-3 is healthy (dotted); the band is a "
+         "decade either side."),
+        (figures.layer_series(run.records, "grad_norm", ylabel="||∇w||", log=True),
+         "Gradient norm of each layer's weights."),
+        (figures.layer_series(run.records, "dead_fraction", ylabel="dead fraction", ylim=(-0.02, 1.02)),
+         "Fraction of ReLU units that output zero for every example of the batch."),
+        (figures.layer_series(run.records, "saturated_fraction", ylabel="saturated fraction", ylim=(-0.02, 1.02)),
+         "Fraction of tanh/sigmoid outputs in the flat tails."),
+    ]
+    body = "".join(_figure(fig, caption) for fig, caption in panels if fig is not None)
+    hist = _figure(figures.activation_histograms(run.records),
+                   "Activation histograms per layer at initialisation and at the end (the last sample with one).")
+    sampled = f"{len(run.records)} samples" + (f", one every {every} steps" if every else "")
+    return (head + f'<p class="muted">Per-layer statistics from monitors.jsonl ({_e(sampled)}).</p>'
+            f'<div class="grid">{body}</div>{hist}</section>')
+
+
+def _weights_section(run: RunFiles) -> str:
+    found = first_layer_weight(run.path)
+    if found is None:
+        return ('<section><h2 id="weights">First layer</h2><p class="muted">No checkpoint to draw it from '
+                "(the run stopped before it saved one).</p></section>")
+    name, weight, checkpoint = found
+    shape = "x".join(str(n) for n in weight.shape)
+    fig = figures.first_layer_weights(weight)
+    shown = f" (the first {figures.MAX_FILTERS})" if len(weight) > figures.MAX_FILTERS else ""
+    return ('<section><h2 id="weights">First layer</h2>'
+            + _figure(fig, f"{name} ({shape}) in checkpoints/{checkpoint}{shown}: what the first layer learned.")
+            + "</section>")
+
+
+def _landscape_section(run: RunFiles) -> str:
+    """The loss landscape that ``babysit landscape`` left: its scalar results and figures/*.png."""
+    if run.landscape is None and not run.landscape_figures:
+        return ""
+    parts = ['<section><h2 id="landscape">Loss landscape</h2>']
+    if run.landscape is not None:
+        rows = []
+        for key, value in flatten(run.landscape).items():
+            if isinstance(value, list):
+                value = f"{len(value)} values" if len(value) > 6 else json.dumps(value, default=str)
+            rows.append([_e(key), _number(value)])
+        parts.append(_table(["quantity", "value"], rows[:60]))
+    for png in run.landscape_figures:
+        data = png.read_bytes()
+        if not data.startswith(figures.PNG_SIGNATURE) or len(data) > MAX_LANDSCAPE_PNG:
+            parts.append(f'<p class="muted">{_e(png.name)}: not embedded (not a PNG, or over {MAX_LANDSCAPE_PNG:,} bytes).</p>')
+            continue
+        parts.append(f'<figure><img src="{data_uri(data)}" alt="{_e(png.stem)}"><figcaption>{_e(png.name)}</figcaption></figure>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def run_page(run_dir: str | Path) -> str:
+    """The HTML text of a run's report (see the module docstring for what it shows).
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> run_dir = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (run_dir / "config.yaml").write_text("name: tiny\\n")
+    >>> "No epochs logged" in run_page(run_dir)
+    True
+    """
+    run = read_run(run_dir)
+    nav = "".join(f'<a href="#{anchor}">{label}</a>' for anchor, label in (
+        ("findings", "findings"), ("curves", "curves"), ("layers", "layers"), ("weights", "first layer"),
+        ("landscape", "landscape"), ("spec", "spec")))
+    body = "".join([
+        f"<nav>{nav}</nav>",
+        _header(run),
+        _findings_section(run),
+        _curves_section(run),
+        _monitors_section(run),
+        _weights_section(run),
+        _landscape_section(run),
+        f'<section><h2 id="spec">Resolved spec</h2><p class="muted">config.yaml: what actually ran.</p>'
+        f"<pre>{_e(run.config_text)}</pre></section>",
+    ])
+    return _page(f"babysit report: {run.name}", f"<main>{body}</main>")
+
+
+def render(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the run's report (``RUN/report.html`` unless ``out`` names another file); returns its path.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> run_dir = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (run_dir / "config.yaml").write_text("name: tiny\\n")
+    >>> render(run_dir) == run_dir / "report.html"
+    True
+    """
+    page = run_page(run_dir)
+    return _write(Path(out) if out is not None else Path(run_dir) / "report.html", page)
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict of dotted keys (lists stay values).
+
+    Example
+    -------
+    >>> flatten({"model": {"kind": "mlp", "hidden": [100]}, "seed": 0})
+    {'model.kind': 'mlp', 'model.hidden': [100], 'seed': 0}
+    """
+    if not isinstance(value, dict):
+        return {prefix: value} if prefix else {"value": value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(item, dict) and item:
+            out.update(flatten(item, dotted))
+        else:
+            out[dotted] = item
+    return out
+
+
+def differing_keys(specs: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The dotted spec keys whose values are not the same in every spec (a missing key differs).
+
+    Example
+    -------
+    >>> differing_keys([{"optimizer": {"lr": 0.1, "name": "sgd"}}, {"optimizer": {"lr": 0.01, "name": "sgd"}}])
+    {'optimizer.lr': [0.1, 0.01]}
+    """
+    flat = [flatten(spec) for spec in specs]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    missing = object()
+    out = {}
+    for key in keys:
+        values = [f.get(key, missing) for f in flat]
+        if any(v != values[0] for v in values[1:]):
+            out[key] = [None if v is missing else v for v in values]
+    return out
+
+
+def _labels(runs: Sequence[RunFiles]) -> list[str]:
+    """Each run's directory name; the whole path where two share a name."""
+    names = [run.path.name or str(run.path) for run in runs]
+    return [str(run.path) if names.count(name) > 1 else name for run, name in zip(runs, names, strict=True)]
+
+
+def compare_page(run_dirs: Sequence[str | Path]) -> str:
+    """The HTML text comparing runs: curves overlaid, final metrics and findings side by
+    side, the spec keys that differ.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> dirs = [pathlib.Path(tempfile.mkdtemp()) for _ in range(2)]
+    >>> for d, lr in zip(dirs, (0.1, 0.01)):
+    ...     _ = (d / "config.yaml").write_text(f"name: r\\noptimizer: {{lr: {lr}}}\\n")
+    >>> "optimizer.lr" in compare_page(dirs)
+    True
+    """
+    if not run_dirs:
+        raise BabysitError("compare: name at least one run directory")
+    runs = [read_run(d) for d in run_dirs]
+    labels = _labels(runs)
+    overlaid = figures.overlaid_curves({label: run.history for label, run in zip(labels, runs, strict=True)})
+    legend = _table(["run", "name", "directory"], [[_e(label), _e(run.name), _e(run.path)]
+                                                   for label, run in zip(labels, runs, strict=True)])
+
+    keys = ["train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "epochs", "steps",
+            "best_epoch", "stopped_early", "diverged", "wall_time_s", "parameters", "device"]
+    keys = [k for k in keys if any(k in run.summary for run in runs)]
+    metrics = _table(["metric", *labels], [[_e(k), *(f'{_metric(run.summary.get(k), k)}' for run in runs)]
+                                           for k in keys])
+
+    def finding_cell(run: RunFiles) -> str:
+        if not run.findings:
+            return "none" if (run.path / "findings.json").exists() else '<span class="muted">not checked</span>'
+        return "<br>".join(f'<span class="{_e(f.get("severity"))}"><span class="severity">{_e(f.get("severity"))}</span></span> '
+                           f"{_e(f['id'])}" + (f" ({_e(f['layer'])})" if f.get("layer") else "") for f in run.findings)
+
+    findings_table = _table(["", *labels], [["findings", *(finding_cell(run) for run in runs)]])
+    differing = differing_keys([run.spec for run in runs])
+    spec_table = (_table(["spec key", *labels], [[f"<code>{_e(k)}</code>", *(_e(_short(v)) for v in values)]
+                                                 for k, values in differing.items()])
+                  if differing else "<p>The specs are the same.</p>")
+    body = (f"<header><h1>Comparison of {len(runs)} runs</h1>{legend}</header>"
+            f'<section><h2 id="curves">Learning curves</h2>'
+            f"{_figure(overlaid, 'Training loss, validation loss and validation accuracy per epoch, one line per run.')}"
+            f'</section><section><h2 id="metrics">Final metrics</h2>{metrics}</section>'
+            f'<section><h2 id="findings">Findings</h2>{findings_table}</section>'
+            f'<section><h2 id="spec">Spec keys that differ</h2>{spec_table}</section>')
+    return _page(f"babysit compare: {', '.join(labels)}", f"<main>{body}</main>")
+
+
+def compare(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+    """Write the page comparing ``run_dirs`` to ``out``; returns its path.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "config.yaml").write_text("name: r\\n")
+    >>> compare([d], d / "compare.html").name
+    'compare.html'
+    """
+    return _write(Path(out), compare_page(run_dirs))
+
+
+__all__ = ["RunFiles", "compare", "compare_page", "data_uri", "differing_keys", "finding_figure",
+           "first_layer_weight", "flatten", "read_run", "render", "run_page"]
