@@ -16,7 +16,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/babysit train
 
+# The browser test (tests/test_report_browser.py) renders reports in Debian's chromium: `test`
+# installs it when missing; without apt or root that fails quietly and the browser test skips.
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || (DEBIAN_FRONTEND=noninteractive apt-get -qq update \
+		&& DEBIAN_FRONTEND=noninteractive apt-get -qq install -y chromium) >/dev/null 2>&1 \
+		|| echo "chromium could not be installed: the browser test will skip"
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -n 2 -q
 

@@ -30,7 +30,13 @@ import torch.nn.functional as F
 from babysit import config, data, nets
 from babysit.data.batching import Batches
 from babysit.optim import losses, optimizers
-from babysit.train.callbacks import Checkpointer, EarlyStopping, MetricsLogger, TensorBoardLogger
+from babysit.train.callbacks import (
+    Checkpointer,
+    EarlyStopping,
+    MetricsLogger,
+    MonitorCallback,
+    TensorBoardLogger,
+)
 from babysit.train.loop import Callback, Trainer
 
 REPEATS = {"mlp": 20, "cnn": 16}
@@ -82,20 +88,22 @@ def hand_written(spec: config.Experiment, splits: data.Splits) -> tuple[float, f
 
 
 def babysit_loop(spec: config.Experiment, splits: data.Splits, folder: Path,
-                 extra: Callable[[Path], list[Callback]] | None = None) -> tuple[float, float]:
-    """``extra(folder)`` adds callbacks (monitor_overhead.py adds the monitors)."""
+                 monitored: Callable[[Path], MonitorCallback] | None = None) -> tuple[float, float]:
+    """``monitored(folder)`` adds the live monitors, wired as the runner wires them
+    (monitor_overhead.py)."""
     model, opt = build(spec, splits)
     g = torch.Generator().manual_seed(SEED)
     batches = Batches(splits.train.x, splits.train.y, BATCH, g)
     early = EarlyStopping("val_loss", patience=None)
     metrics = MetricsLogger(folder / "metrics.jsonl")
-    callbacks = [  # as babysit.train.runner.run sets them up, less the progress bar
+    monitors = monitored(folder) if monitored is not None else None
+    callbacks: list[Callback] = [  # as babysit.train.runner.run sets them up, less the progress bar
         metrics,
-        TensorBoardLogger(folder / "tb"),
+        TensorBoardLogger(folder / "tb", monitors=monitors),
+        *([monitors] if monitors is not None else []),
         early,
         Checkpointer(folder / "checkpoints", generator=g, epochs=spec.train.epochs, early_stopping=early,
-                     before_save=[metrics.flush]),
-        *(extra(folder) if extra is not None else []),
+                     before_save=[metrics.flush] + ([monitors.flush] if monitors is not None else [])),
     ]
     loss_fn = losses.build_loss("cross_entropy", splits.task, splits.num_classes)
     trainer = Trainer(model, loss_fn, opt, callbacks=callbacks, predict=lambda out: losses.predict(out, "cross_entropy"))

@@ -3,9 +3,10 @@
 Both runs are babysit's loop with the callbacks ``babysit train`` uses (see
 loop_overhead.py, whose models and data this reuses); the monitored one adds
 :class:`babysit.train.callbacks.MonitorCallback` (``checks.every: 10``: activation,
-gradient and update statistics, histograms every 10th sample, the explosion guard, and
-``monitors.jsonl``). Timed alternately (ABBA), the figure is the median of the ratios of
-neighbouring runs. Also times the preflight of ``examples/mnist1d-mlp.yaml``.
+gradient and update statistics, histograms every 10th sample, the explosion guard,
+``monitors.jsonl``, and the same numbers as TensorBoard scalars and histograms). Timed
+alternately (ABBA), the figure is the median of the ratios of neighbouring runs. Also
+times the preflight of ``examples/mnist1d-mlp.yaml``.
 
 Prints one JSON line. Targets: ratio <= 1.10 for the MNIST-1D MLP and CNN, preflight <= 5 s
 (timed warm, and cold in a fresh process).
@@ -37,8 +38,8 @@ EVERY = 10
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist1d-mlp.yaml"
 
 
-def monitors(folder: Path) -> list[MonitorCallback]:
-    return [MonitorCallback(folder / "monitors.jsonl", every=EVERY)]
+def monitors(folder: Path) -> MonitorCallback:
+    return MonitorCallback(folder / "monitors.jsonl", every=EVERY)
 
 
 def measure(kind: str) -> dict[str, float]:

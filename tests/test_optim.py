@@ -197,7 +197,7 @@ def test_nesterov_without_momentum_is_a_user_error():
         build_optimizer(OptimizerSpec(name="nesterov", momentum=0.0), nn.Linear(2, 1))
 
 
-@pytest.mark.parametrize("name", ["newton", "quickprop", "perceptron"])
+@pytest.mark.parametrize("name", ["perceptron"])
 def test_optimizers_not_written_yet_say_so(name):
     with pytest.raises(BabysitError, match=f"optimizer.name: '{name}' is not available yet; available: sgd"):
         build_optimizer(OptimizerSpec(name=name), nn.Linear(2, 1))

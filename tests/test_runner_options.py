@@ -133,7 +133,8 @@ def test_batch_size_n_takes_ceil_n_train_over_n_steps(tmp_path):
 # --------------------------------------------------------------------------- optimizer.name
 
 OPTIMIZER_LR = {"sgd": 0.3, "momentum": 0.1, "nesterov": 0.1, "adam": 0.01, "adamw": 0.01,
-                "rmsprop": 0.005, "adagrad": 0.1, "lbfgs": 1.0}
+                "rmsprop": 0.005, "adagrad": 0.1, "lbfgs": 1.0, "newton": 1.0, "quickprop": 0.3}
+FULL_BATCH = ("lbfgs", "newton", "quickprop")  # line search / exact Hessian / parabola fits want one function
 
 
 def test_the_optimizer_list_is_the_specs():
@@ -147,7 +148,7 @@ def test_the_optimizer_list_is_the_specs():
 @pytest.mark.parametrize("name", AVAILABLE)
 def test_every_available_optimizer_lowers_the_training_loss(name, tmp_path):
     spec = make_spec(
-        data={"source": "spirals", "batch_size": "full" if name == "lbfgs" else 32},
+        data={"source": "spirals", "batch_size": "full" if name in FULL_BATCH else 32},
         model={"hidden": [32]},
         # sgd with momentum 0: plain gradient descent (momentum / nesterov use the default 0.9)
         optimizer={"name": name, "lr": OPTIMIZER_LR[name], **({"momentum": 0.0} if name == "sgd" else {})},
@@ -171,6 +172,10 @@ def optimizer_signature(saved: dict) -> str:
     state = set(next(iter(saved["state"].values()), {}))
     if "func_evals" in state:
         return "lbfgs"
+    if "damping" in state:
+        return "newton"
+    if "prev_slope" in state:
+        return "quickprop"
     if "sum" in state:
         return "adagrad"
     if "square_avg" in state:

@@ -109,6 +109,8 @@ class OptimizerSpec(Section):
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float | None = Field(None, gt=0)  # clip the global gradient norm
+    damping: float = Field(1e-3, ge=0.0)  # newton: the initial Levenberg-Marquardt damping λ
+    max_growth: float = Field(1.75, gt=0.0)  # quickprop: μ, the largest ratio of a step to the last (Fahlman 1988)
 
     @field_validator("betas")
     @classmethod

@@ -1,7 +1,8 @@
 """Spec -> torch optimizer, with weight decay only where it belongs.
 
-Every optimizer here is torch's own (``torch.optim``); this file only maps names to
-constructors and splits the parameters into groups:
+Apart from two of babysit's own (below), every optimizer here is torch's own
+(``torch.optim``); this file only maps names to constructors and splits the parameters
+into groups:
 
 - ``sgd``: ``SGD`` with ``optimizer.momentum`` as given (0 is plain gradient descent).
 - ``momentum``: heavy-ball momentum (Polyak 1964), ``SGD(momentum=m)``.
@@ -12,6 +13,13 @@ constructors and splits the parameters into groups:
 - ``rmsprop``: Tieleman & Hinton (2012), plain (no momentum).
 - ``adagrad``: Duchi et al. (2011).
 - ``lbfgs``: ``LBFGS`` with a strong-Wolfe line search; the loop calls ``step(closure)``.
+
+Two are babysit's own, for the small models the classic papers trained:
+
+- ``newton``: :class:`~babysit.optim.newton.Newton`, damped Newton with an exact Hessian and
+  Levenberg-Marquardt damping (``optimizer.damping``); at most 5,000 parameters.
+- ``quickprop``: :class:`~babysit.optim.quickprop.Quickprop` (Fahlman 1988), the per-weight
+  parabola step with growth factor ``optimizer.max_growth``.
 
 Weight decay (an L2 penalty) applies to weight matrices and kernels only. Biases, norm-layer
 scales and shifts, PReLU slopes and weight-norm magnitudes are left alone: decaying them does
@@ -43,9 +51,11 @@ from torch.nn.utils import parametrize
 
 from babysit.config import OptimizerSpec
 from babysit.errors import BabysitError
+from babysit.optim.newton import Newton
+from babysit.optim.quickprop import Quickprop
 
-AVAILABLE = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "lbfgs")
-NOT_YET = ("newton", "quickprop", "perceptron")
+AVAILABLE = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "lbfgs", "newton", "quickprop")
+NOT_YET = ("perceptron",)
 
 # Layers whose parameters only scale or shift activations; never decayed.
 NORM_LAYERS = (
@@ -199,6 +209,10 @@ def build_optimizer(spec: OptimizerSpec, model: nn.Module) -> torch.optim.Optimi
     groups = parameter_groups(model, wd)
     if not groups:
         raise ValueError("build_optimizer: the model has no trainable parameters")
+    if name == "newton":
+        return Newton(groups, lr=lr, damping=spec.damping, module=model)
+    if name == "quickprop":
+        return Quickprop(groups, lr=lr, max_growth=spec.max_growth)
     if name in ("sgd", "momentum", "nesterov"):
         return _with_fast_kernels(
             torch.optim.SGD, groups, fused=True, lr=lr, momentum=spec.momentum, nesterov=name == "nesterov"

@@ -107,7 +107,8 @@ class Trainer:
     ----------
     model: the network (already on its device).
     loss_fn: ``loss_fn(outputs, targets) -> scalar``.
-    optimizer: a torch optimizer; LBFGS is driven through its closure.
+    optimizer: a torch optimizer; LBFGS, and any optimizer with ``needs_closure = True``
+        (babysit's Newton), is driven through a closure.
     schedule: an object with ``step_batch()``, ``step_epoch(val_loss)`` and ``per_batch``.
     predict: ``outputs -> class ids`` for accuracy, None for regression.
     penalty: ``model -> scalar`` added to the training loss (L1, activity...), or None.
@@ -164,7 +165,7 @@ class Trainer:
             self.autocast = autocast
         # fp16 needs loss scaling against gradient underflow; bf16 has fp32's range and does not.
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" and self.device.type == "cuda" else None
-        self.is_lbfgs = isinstance(optimizer, torch.optim.LBFGS)
+        self.is_lbfgs = isinstance(optimizer, torch.optim.LBFGS) or getattr(optimizer, "needs_closure", False)
 
     # ------------------------------------------------------------------ one epoch
 
@@ -253,20 +254,26 @@ class Trainer:
         return losses, corrects, counted
 
     def _lbfgs_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """L-BFGS re-evaluates the loss several times a step, so it takes a closure."""
+        """L-BFGS re-evaluates the loss several times a step, so it takes a closure.
+
+        ``closure(backward=False)`` returns the objective with its graph, not backpropagated:
+        Newton differentiates it twice itself."""
         holder: list[torch.Tensor] = []
 
-        def closure() -> torch.Tensor:
-            self.optimizer.zero_grad(set_to_none=True)
+        def closure(backward: bool = True) -> torch.Tensor:
+            if backward:
+                self.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
                 out = self.forward(xb)
                 loss = self.loss_fn(out, yb)
                 objective = loss + self.penalty(self.model) if self.penalty is not None else loss
+            if not holder:
+                holder.extend((loss.detach(), out.detach()))
+            if not backward:
+                return objective
             objective.backward()
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            if not holder:
-                holder.extend((loss.detach(), out.detach()))
             return objective
 
         self.optimizer.step(closure)

@@ -272,7 +272,7 @@ def run(
                                    initial_loss=_first_loss(path / "monitors.jsonl") if resume else None)
     callbacks: list[Callback] = [
         metrics,
-        TensorBoardLogger(path / "tb"),
+        TensorBoardLogger(path / "tb", monitors=monitors),
         *([monitors] if monitors is not None else []),  # before the checkpointer: a diverged run saves nothing
         early,
         Checkpointer(path / "checkpoints", generator=generator, epochs=spec.train.epochs,
