@@ -363,6 +363,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+FIRST_ORDER_RULES = ("update_ratio_high", "update_ratio_low", "lr_too_high", "lr_too_low")
+
+
 def _run_findings(spec: Experiment, path: Path, splits: data_module.Splits,
                   preflight_findings: list[Any] | None, guard: Any) -> list[Any]:
     """Preflight (kept from the first segment of a resumed run), monitor and diagnosis findings,
@@ -381,6 +384,10 @@ def _run_findings(spec: Experiment, path: Path, splits: data_module.Splits,
         found += monitor_findings(read_jsonl(path / "monitors.jsonl"))
     chance = losses.chance_loss(spec.loss, splits.task, splits.num_classes, splits.train.y)
     found += diagnose_run(path, chance_loss=chance, task=splits.task)
+    if spec.optimizer.name == "newton":
+        # the update-ratio and lr rules are first-order rules of thumb (CS231n's 1e-3 for SGD-like
+        # steps); Newton sets its own step length and does not use the lr
+        found = [f for f in found if f.id not in FIRST_ORDER_RULES]
     found = sort_findings(found)
     write_findings(path / "findings.json", found)
     _findings_to_tensorboard(path / "tb", found, int(json.loads((path / "summary.json").read_text())["steps"]))

@@ -284,9 +284,9 @@ def batch_find_from_spec(spec: Experiment, *, max_batch: int | None = None, step
     from babysit.optim.optimizers import build_optimizer
     from babysit.train.runner import prepare
 
-    if spec.optimizer.name == "lbfgs":
-        raise BabysitError("optimizer.name: batch-find times single optimizer steps; lbfgs runs a line search "
-                           "per step, choose another optimizer")
+    if spec.optimizer.name in ("lbfgs", "newton"):
+        raise BabysitError(f"optimizer.name: batch-find times single optimizer steps; {spec.optimizer.name} runs a "
+                           "line search or a Newton solve per step, choose another optimizer")
     _, splits, model, loss_fn = prepare(spec)
     x, y = splits.train.x, splits.train.y
     kwargs = dict(max_batch=max_batch, steps=steps, precision=spec.train.precision)

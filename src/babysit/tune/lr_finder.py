@@ -250,9 +250,9 @@ def lr_find(
     model = copy.deepcopy(model)  # the caller's weights, buffers and grads stay as they were
     model.train()
     optimizer = optimizer_factory(model)
-    if isinstance(optimizer, torch.optim.LBFGS):
-        raise BabysitError("lr-find: lbfgs picks its own step by line search, so the lr range test does not apply; "
-                           "use another optimizer.name")
+    if isinstance(optimizer, torch.optim.LBFGS) or getattr(optimizer, "needs_closure", False):
+        raise BabysitError("lr-find: this optimizer picks its own step (line search or Newton solve), so the lr "
+                           "range test does not apply; use another optimizer.name")
     first_lr = optimizer.param_groups[0]["lr"] or 1.0
     ratios = [group["lr"] / first_lr for group in optimizer.param_groups]
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -364,9 +364,9 @@ def lr_find_from_spec(spec: Experiment, *, start: float = 1e-7, end: float = 10.
     from babysit.train.runner import prepare
 
     _check_range(start, end, steps)
-    if spec.optimizer.name == "lbfgs":
-        raise BabysitError("optimizer.name: lbfgs picks its own step by line search, so the lr range test "
-                           "does not apply; choose another optimizer")
+    if spec.optimizer.name in ("lbfgs", "newton"):
+        raise BabysitError(f"optimizer.name: {spec.optimizer.name} picks its own step (line search / Newton solve), "
+                           "so the lr range test does not apply; choose another optimizer")
     _, splits, model, loss_fn = prepare(spec)
     factory: OptimizerFactory = lambda m: build_optimizer(spec.optimizer, m)  # noqa: E731
     kwargs = dict(start=start, end=end, steps=steps, seed=spec.seed, grad_clip=spec.optimizer.grad_clip)
