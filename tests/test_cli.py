@@ -1,6 +1,7 @@
 """The command line: training end to end, and bad input that ends in one line and exit code 2."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ from helpers import FAST, run_cli
 def test_train_writes_the_run_directory(tmp_path, capsys):
     code, out, err = run_cli(["train", *FAST, "--out", str(tmp_path / "run"), "-q"], capsys)
     assert code == 0, err
-    assert "run directory:" in out and "test: loss" in out
+    assert "run directory:" in out and "results" in out
+    assert re.search(r"test\W+\d\.\d{4}\W+\d+\.\d\d%", out), out
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (tmp_path / "run" / name).exists(), name
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -77,7 +78,7 @@ def train(
       babysit train examples/mnist1d-cnn.yaml --out runs/cnn --resume
     """
     from babysit import config
-    from babysit.train.runner import main_summary_lines, run
+    from babysit.train.runner import run, run_line, summary_table
 
     spec_path, overrides = _split_spec_and_overrides(args or [])
     if resume and spec_path is None and out is not None:
@@ -87,10 +88,18 @@ def train(
         spec_path = out / "config.yaml"
     spec = config.load(spec_path, overrides)
     result = run(spec, out, resume=resume, quiet=quiet)
-    for line in main_summary_lines(result):
-        typer.echo(line)
+    typer.echo(f"run directory: {result.path}")
+    _console().print(summary_table(result))
+    typer.echo(run_line(result.summary))
     _print_findings(result.findings, result.path / "findings.json")
     typer.echo(f"report: {result.path / 'report.html'}")
+
+
+def _console() -> Any:
+    """A rich console on stdout, at least 100 columns wide (tables stay readable in logs and pipes)."""
+    from rich.console import Console
+
+    return Console(file=sys.stdout, width=max(100, Console().width))
 
 
 def _print_findings(findings: list, where: Path) -> None:
@@ -98,13 +107,11 @@ def _print_findings(findings: list, where: Path) -> None:
     if not findings:
         typer.echo("findings: none; nothing looked wrong")
         return
-    from rich.console import Console
-
     from babysit.checks.findings import findings_table
 
     counts = ", ".join(f"{sum(f.severity == s for f in findings)} {s}" for s in ("error", "warning", "info")
                        if any(f.severity == s for f in findings))
-    Console(file=sys.stdout, width=max(100, Console().width)).print(findings_table(findings, title=f"findings ({counts})"))
+    _console().print(findings_table(findings, title=f"findings ({counts})"))
     typer.echo(f"findings written to {where}")
 
 

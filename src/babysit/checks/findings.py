@@ -173,6 +173,7 @@ def findings_table(findings: list[Finding], title: str = "findings") -> Any:
     >>> findings_table([Finding("overfitting", "warning", "m", "a", {})]).row_count
     1
     """
+    from rich.markup import escape
     from rich.table import Table
 
     colour = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -184,14 +185,24 @@ def findings_table(findings: list[Finding], title: str = "findings") -> Any:
     table.add_column("try", overflow="fold", ratio=2)
     for f in sort_findings(findings):
         table.add_row(f"[{colour[f.severity]}]{f.severity}[/]", f.id, f.layer or "",
-                      _first_sentence(f.message), _first_sentence(f.advice))
+                      escape(_first_sentence(f.message)), escape(_first_sentence(f.advice)))
     return table
 
 
 def _first_sentence(text: str) -> str:
-    """Up to the first '. ' (the table is a summary; findings.json has the whole text)."""
-    head, dot, _ = text.partition(". ")
-    return head + "." if dot else text
+    """Up to the first full stop that ends a sentence (the table is a summary; findings.json
+    has the whole text). Abbreviations such as 'e.g.' and a stop inside brackets do not end it.
+
+    >>> _first_sentence("Train longer (raise it, e.g. 2x). Or not.")
+    'Train longer (raise it, e.g. 2x).'
+    """
+    depth = 0
+    for i, char in enumerate(text):
+        depth += (char == "(") - (char == ")")
+        if char == "." and depth <= 0 and text[i + 1:i + 2] in (" ", "") and i + 1 < len(text):
+            if not text[:i + 1].endswith(("e.g.", "i.e.", "vs.", "etc.", "cf.")):
+                return text[:i + 1]
+    return text
 
 
 __all__ = ["FINDINGS", "PREFLIGHT_IDS", "SEVERITIES", "Finding", "finding_lines", "findings_markdown",

@@ -414,13 +414,44 @@ def _findings_to_tensorboard(log_dir: Path, findings: list[Any], step: int) -> N
 
 
 def main_summary_lines(result: RunResult) -> list[str]:
-    """The lines ``babysit train`` prints at the end."""
+    """The end of ``babysit train`` as plain lines (what :func:`summary_table` shows, for logs)."""
     s = result.summary
     lines = [f"run directory: {result.path}"]
     for split in ("train", "val", "test"):
         if f"{split}_loss" in s:
             acc = f"  accuracy {s[f'{split}_acc']:.2%}" if f"{split}_acc" in s else ""
             lines.append(f"{split:>5}: loss {s[f'{split}_loss']:.4f}{acc}")
-    lines.append(f"{s['epochs']} epochs, {s['steps']} steps in {s['wall_time_s']:.1f} s on {s['device']}")
+    lines.append(run_line(s))
     return lines
 
+
+def run_line(s: dict[str, Any]) -> str:
+    """Epochs (and the best), steps, time, device, and how the run ended, in one line."""
+    best = f" (best {s['best_epoch']})" if s.get("best_epoch") and s["best_epoch"] != s["epochs"] else ""
+    line = f"{s['epochs']} epochs{best}, {s['steps']} steps in {s['wall_time_s']:.1f} s on {s['device']}"
+    if s.get("diverged"):
+        line += "; diverged"
+    elif s.get("stop_reason"):
+        line += f"; stopped: {s['stop_reason']}"
+    return line
+
+
+def summary_table(result: RunResult) -> Any:
+    """The end-of-run metrics as a compact rich table: loss (and accuracy) per split
+    (:func:`run_line` says how long it ran and how it ended)."""
+    from rich.table import Table
+
+    s = result.summary
+    classification = any(f"{split}_acc" in s for split in ("train", "val", "test"))
+    table = Table(title=f"{s.get('name', result.path.name)}: results", title_justify="left")
+    table.add_column("split")
+    table.add_column("loss", justify="right")
+    if classification:
+        table.add_column("accuracy", justify="right")
+    for split in ("train", "val", "test"):
+        if f"{split}_loss" in s:
+            row = [split, f"{s[f'{split}_loss']:.4f}"]
+            if classification:
+                row.append(f"{s[f'{split}_acc']:.2%}" if f"{split}_acc" in s else "")
+            table.add_row(*row)
+    return table
