@@ -200,7 +200,8 @@ class Newton(torch.optim.Optimizer):
                 self._set(params, start + direction)
                 with torch.no_grad():
                     trial = self._objective(closure)
-                if torch.isfinite(trial) and trial <= loss:
+                # at the optimum a step changes the loss by rounding only: that is no failure
+                if torch.isfinite(trial) and trial <= loss + 4 * torch.finfo(loss.dtype).eps * loss.abs():
                     state["damping"] = damping / 10
                     return loss
             # not positive definite, or the loss did not go down: lean towards gradient descent
