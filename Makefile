@@ -18,10 +18,16 @@ demo: $(STAMP)
 
 # The browser test (tests/test_report_browser.py) renders reports in Debian's chromium: `test`
 # installs it when missing; without apt or root that fails quietly and the browser test skips.
+# Likewise Debian's postgresql (initdb, pg_ctl under /usr/lib/postgresql/*/bin) for the search
+# test that shares a study through a PostgreSQL server it starts on loopback (tests/test_search.py).
 test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || (DEBIAN_FRONTEND=noninteractive apt-get -qq update \
 		&& DEBIAN_FRONTEND=noninteractive apt-get -qq install -y chromium) >/dev/null 2>&1 \
 		|| echo "chromium could not be installed: the browser test will skip"
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| (DEBIAN_FRONTEND=noninteractive apt-get -qq update \
+		&& DEBIAN_FRONTEND=noninteractive apt-get -qq install -y postgresql) >/dev/null 2>&1 \
+		|| echo "postgresql could not be installed: the search test on PostgreSQL will skip"
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -n 2 -q
 

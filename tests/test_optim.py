@@ -197,10 +197,11 @@ def test_nesterov_without_momentum_is_a_user_error():
         build_optimizer(OptimizerSpec(name="nesterov", momentum=0.0), nn.Linear(2, 1))
 
 
-@pytest.mark.parametrize("name", ["perceptron"])
-def test_optimizers_not_written_yet_say_so(name):
-    with pytest.raises(BabysitError, match=f"optimizer.name: '{name}' is not available yet; available: sgd"):
-        build_optimizer(OptimizerSpec(name=name), nn.Linear(2, 1))
+def test_the_perceptron_rule_is_plain_sgd():
+    opt = build_optimizer(OptimizerSpec(name="perceptron", lr=0.5), nn.Linear(2, 1))
+    assert type(opt) is torch.optim.SGD and opt.defaults["momentum"] == 0 and opt.defaults["lr"] == 0.5
+    with pytest.raises(BabysitError, match="optimizer.weight_decay: the perceptron rule has no weight decay"):
+        build_optimizer(OptimizerSpec(name="perceptron", weight_decay=1e-4), nn.Linear(2, 1))
 
 
 def test_lbfgs_with_weight_decay_is_a_user_error():

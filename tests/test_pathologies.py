@@ -57,6 +57,13 @@ PATHOLOGIES = [
      {"overfitting": ("warning", None)}),
     ("logreg", "mnist1d-logreg.yaml", [], {"underfitting": ("info", None)}),
     ("cut-short", "spirals-mlp.yaml", ["train.epochs=10"], {"not_converged": ("warning", None)}),
+    # GANs: a discriminator that learns alone, a generator 50x faster than its discriminator
+    ("gan-discriminator-wins", "digits-gan.yaml", ["optimizer.lr=1e-6", "optimizer.discriminator_lr=1e-3",
+                                                   "train.epochs=15"],
+     {"discriminator_wins": ("warning", "discriminator")}),
+    ("gan-mode-collapse", "digits-gan.yaml", ["optimizer.lr=1e-2", "optimizer.discriminator_lr=2e-4",
+                                              "train.epochs=15"],
+     {"mode_collapse": ("warning", "generator")}),
 ]
 ON_THE_API = {"gradient_check_failed", "batch_mixing"}  # test_preflight.py
 

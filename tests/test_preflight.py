@@ -21,6 +21,8 @@ from babysit.checks import ALL, FINDINGS, Finding, preflight, write_findings
 from babysit.checks.preflight import OVERFIT_STEPS
 from babysit.config import ModelSpec
 from babysit.optim import losses
+from babysit.train.families import adapt_splits, per_token
+from babysit.train.gan import gan_preflight
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
 DESIGN_IDS = [
@@ -29,6 +31,7 @@ DESIGN_IDS = [
     "loss_exploded", "nonfinite_loss", "dead_relu", "saturated_activations",
     "activation_collapse", "vanishing_gradients", "exploding_gradients", "update_ratio_high",
     "update_ratio_low", "overfitting", "underfitting", "lr_too_high", "lr_too_low", "not_converged",
+    "discriminator_wins", "mode_collapse",  # GAN rules (babysit.train.gan)
 ]  # fmt: skip
 
 
@@ -127,15 +130,19 @@ def _example(path):
     spec = config.load(path) if path else config.Experiment()
     torch.manual_seed(spec.seed)
     splits = data.load(spec.data, spec.seed)
+    splits = adapt_splits(spec, splits)  # an autoencoder's targets are its inputs
     out = losses.output_dim(spec.loss, splits.task, splits.num_classes, splits.target_dim)
     net = nets.build(spec.model, splits.input_shape, out)
-    loss_fn = losses.build_loss(spec.loss, splits.task, splits.num_classes)
+    loss_fn = losses.build_loss(spec.loss, splits.task, splits.num_classes, per_token=per_token(splits))
     return spec, splits, net, loss_fn
 
 
 @pytest.mark.parametrize("path", [None, *EXAMPLES], ids=lambda p: p.stem if p else "default")
 def test_examples_raise_no_warning(path):
     spec, splits, net, loss_fn = _example(path)
+    if spec.model.kind == "gan":  # two networks: the discriminator on real and generated examples, G through D
+        assert ids(gan_preflight(net, splits.train.x, spec.seed)) == []
+        return
     findings = preflight(
         net, loss_fn, (splits.train.x, splits.train.y), task=splits.task,
         num_classes=splits.num_classes, loss_name=spec.loss,

@@ -8,7 +8,7 @@
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["preflight", "watch"]
+__all__ = ["load_run", "preflight", "watch"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +21,8 @@ def __getattr__(name: str) -> Any:
         from babysit.checks.watch import watch
 
         return watch
+    if name == "load_run":
+        from babysit.landscape.run import load_run
+
+        return load_run
     raise AttributeError(f"module 'babysit' has no attribute {name!r}")

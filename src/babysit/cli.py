@@ -5,6 +5,11 @@
     babysit batch-find [SPEC] [KEY=VALUE ...] [--max N] [--out DIR]
     babysit report RUN [--out FILE]
     babysit compare RUN RUN ... [--out FILE]
+    babysit landscape RUN [--what spectrum,surface,trajectory,interpolate] [--resolution 31] [--samples N] [--other RUN]
+    babysit ensemble RUN RUN ... [--out DIR]
+    babysit sample RUN [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]
+    babysit search SPEC [KEY=VALUE ...] [--trials N] [--storage URL] [--study NAME] [--refine] [--sampler random|grid|tpe] [--folds K] [--out DIR]
+    babysit study NAME [--quick] [--out DIR] [--quiet]
 
 A mistake the user can make (a bad spec key or value, a missing file, bad data) ends with
 one line on stderr naming the problem and exit code 2, never a traceback.
@@ -88,6 +93,8 @@ def train(
         spec_path = out / "config.yaml"
     spec = config.load(spec_path, overrides)
     result = run(spec, out, resume=resume, quiet=quiet)
+    if result.rank:  # under torchrun: rank 0 reports the run
+        return
     typer.echo(f"run directory: {result.path}")
     _console().print(summary_table(result))
     typer.echo(run_line(result.summary))
@@ -141,8 +148,13 @@ def check(
 
     spec_path, overrides = _split_spec_and_overrides(args or [])
     spec = config.load(spec_path, overrides)
-    _, splits, model, loss_fn = prepare(spec)
-    findings = preflight(model, loss_fn, **preflight_inputs(spec, splits))
+    _, splits, model, loss_fn = prepare(spec, two_networks=True)
+    if spec.model.kind == "gan":  # the discriminator as a real/fake classifier, the generator through it
+        from babysit.train.gan import gan_preflight
+
+        findings = gan_preflight(model, splits.train.x, spec.seed)
+    else:
+        findings = preflight(model, loss_fn, **preflight_inputs(spec, splits))
     for line in finding_lines(findings) or ["preflight: no problems found"]:
         typer.echo(line)
     if any(f.severity == "error" for f in findings):
@@ -310,6 +322,218 @@ def compare(
     typer.echo(f"wrote {compare_runs(run_dirs, out)}")
 
 
+@app.command()
+def landscape(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="A run directory (what babysit train wrote).",
+                                   show_default=False),
+    what: str = typer.Option("spectrum,surface", "--what", "-w",
+                             help="Comma-separated: spectrum, surface, trajectory, interpolate."),
+    resolution: int = typer.Option(31, "--resolution", "-r",
+                                   help="Grid points per axis of the surfaces and points on the interpolation line (odd)."),
+    samples: int = typer.Option(1000, "--samples", "-n",
+                                help="Training examples to compute on: a fixed, seeded sample (all when fewer)."),
+    other: Path | None = typer.Option(None, "--other",
+                                      help="interpolate: another run of the same network (default: this run's initial weights).",
+                                      show_default=False),
+    span: float = typer.Option(1.0, "--span", help="Surfaces cover -span..span along their (filter-normalised) directions."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the sample, start vectors, probes and directions."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; only the final lines."),
+) -> None:
+    """Map the loss landscape around a run's best weights.
+
+    spectrum: top-5 and bottom-5 Hessian eigenvalues with residuals (Lanczos),
+    the trace (Hutchinson, 100 probes), the eigenvalue density (SLQ), the
+    critical-point class, condition number and 2/λmax next to the lr used.
+
+    surface: the loss on a 2D grid along filter-normalised random directions,
+    and 1D curves (also along the top eigenvector).
+
+    trajectory: the surface along the PCA directions of the weight snapshots
+    saved with train.trajectory_every=N, with the training path on it.
+
+    interpolate: the loss on the line from the initial weights (or --other
+    RUN) to the trained ones, and its barrier.
+
+    Eval mode, float64 on the CPU for small models, seeded. Writes
+    RUN/landscape.json, RUN/figures/landscape_*.png, and redraws the report.
+
+    Examples:
+
+      babysit landscape runs/mnist1d-mlp
+
+      babysit landscape runs/mnist1d-mlp --what spectrum --samples 4000
+
+      babysit landscape runs/mlp-0 --what interpolate --other runs/mlp-1
+    """
+    from babysit.landscape.run import landscape_lines, landscape_run
+
+    result = landscape_run(run_dir, what, resolution=resolution, samples=samples, other=other, span=span,
+                           seed=seed, quiet=quiet)
+    for line in landscape_lines(result, what):
+        typer.echo(line)
+    typer.echo(f"wrote {run_dir / 'landscape.json'}, figures in {run_dir / 'figures'}, report {run_dir / 'report.html'}")
+
+
+@app.command()
+def ensemble(
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN RUN...", help="Run directories (what babysit train wrote) "
+                                          "trained on the same data, e.g. the same spec with different seeds.",
+                                          show_default=False),
+    out: Path | None = typer.Option(
+        None, "--out", "-o",
+        help="Where to write ensemble.json and ensemble.png (default runs/ensemble, or runs/ensemble-N when that exists).",
+    ),
+) -> None:
+    """Score the ensemble of trained runs: the mean of their predicted probabilities.
+
+    Loads each run's best weights and its data exactly as it trained (own seed and
+    preprocessing), averages the members' softmax (or sigmoid) probabilities, or their
+    outputs for hinge, mse, mae and regression, and reports validation and test loss and
+    accuracy of the ensemble and of each member. Writes ensemble.json and a bar chart,
+    ensemble.png. The runs must share their data and loss and be scored on one test set.
+
+    Example:
+
+      for s in 0 1 2 3 4; do babysit train examples/mnist1d-mlp.yaml seed=$s --out runs/mlp-$s -q; done
+
+      babysit ensemble runs/mlp-0 runs/mlp-1 runs/mlp-2 runs/mlp-3 runs/mlp-4
+    """
+    from babysit.train.ensemble import (
+        ensemble_directory,
+        ensemble_lines,
+        ensemble_runs,
+        ensemble_table,
+        write_ensemble,
+    )
+
+    result = ensemble_runs(run_dirs)
+    _console().print(ensemble_table(result))
+    for line in ensemble_lines(result):
+        typer.echo(line)
+    json_path, png_path = write_ensemble(result, ensemble_directory(out))
+    typer.echo(f"wrote {json_path} and {png_path.name}")
+
+
+@app.command()
+def search(
+    args: list[str] = typer.Argument(
+        ..., metavar="SPEC [KEY=VALUE]...",
+        help="A YAML experiment spec with a search: section, then overrides with dotted keys.", show_default=False,
+    ),
+    trials: int = typer.Option(20, "--trials", "-n", help="Trials in the study, counting those of every process sharing it."),
+    storage: str | None = typer.Option(
+        None, "--storage", help="An Optuna storage URL (sqlite:///search.db, postgresql://user@host/db); "
+        "default a journal file, OUT/journal.log.", show_default=False),
+    study: str | None = typer.Option(None, "--study", help="The study name (default the spec's name).", show_default=False),
+    refine: bool = typer.Option(False, "--refine", help="Then a second stage of --trials trials in a narrower space "
+                                "around the best 20% (coarse to fine)."),
+    sampler: str = typer.Option("random", "--sampler", help="random (log-uniform for scales), grid or tpe."),
+    folds: int | None = typer.Option(None, "--folds", help="Score each trial by K-fold cross-validation (small data sets).",
+                                     show_default=False),
+    out: Path | None = typer.Option(None, "--out", "-o", help="The search directory (default runs/<name>-search)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No line per trial; only the table and the final lines."),
+) -> None:
+    """Search hyperparameters: Optuna over the spec's search: section, each trial a run.
+
+    The space is the spec's search: section, a distribution per dotted key:
+    loguniform(a, b) for scales, uniform(a, b), intuniform(a, b), choice(x, y, ...).
+    Each trial trains the spec with the drawn values (same seed, no preflight or
+    monitors) into OUT/trials/<n>/ and is scored by what the spec's early stopping
+    watches: its lowest validation loss, or highest validation accuracy. A trial whose
+    validation loss passes 3x its initial value or turns NaN is pruned and says why;
+    Optuna's median rule prunes the ones worse than the median of the finished trials. Several processes started with the same --storage and --study
+    share the work; --trials counts the whole study. Writes best.yaml (the best spec,
+    ready for babysit train), trials.csv, trials.json and search.png.
+
+    Examples:
+
+      babysit search examples/mnist1d-mlp-search.yaml --trials 20
+
+      babysit search examples/mnist1d-mlp-search.yaml --trials 40 --refine --sampler tpe
+
+      babysit search spec.yaml --trials 100 --storage postgresql://me@db-host/search --study mlp   # on each machine
+    """
+    from babysit import config
+    from babysit.tune.search import search as run_search
+    from babysit.tune.search import search_lines, search_table
+
+    spec_path, overrides = _split_spec_and_overrides(args)
+    spec = config.load(spec_path, overrides)
+    result = run_search(spec, trials, storage=storage, study=study, refine=refine, sampler=sampler, folds=folds,
+                        out=out, quiet=quiet)
+    _console().print(search_table(result))
+    for line in search_lines(result):
+        typer.echo(line)
+
+
+@app.command()
+def sample(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="A language-model run (model.kind gpt on data.source: text).",
+                                   show_default=False),
+    prompt: str = typer.Option("", "--prompt", "-p", help="The text to continue (characters the run's text contains)."),
+    tokens: int = typer.Option(200, "--tokens", "-n", help="Characters to generate."),
+    temperature: float = typer.Option(0.8, "--temperature", "-t",
+                                      help="Divides the logits: below 1 safer, above 1 wilder; 0 always takes the likeliest."),
+    top_k: int | None = typer.Option(None, "--top-k", help="Draw only among the k likeliest characters.", show_default=False),
+    seed: int = typer.Option(0, "--seed", help="Seeds the draws: the same seed gives the same text."),
+) -> None:
+    """Generate text with a trained language model: continue --prompt one character at a time.
+
+    Uses the run's best weights (else its last) and the vocabulary of the text it trained on.
+
+    Examples:
+
+      babysit sample runs/text-gpt --prompt "Shall I compare thee" --tokens 300
+
+      babysit sample runs/text-gpt --prompt "When" --temperature 0.5 --top-k 10 --seed 3
+    """
+    from babysit.train.families import sample_text
+
+    typer.echo(sample_text(run_dir, prompt, tokens, temperature=temperature, top_k=top_k, seed=seed))
+
+
+@app.command()
+def study(
+    name: str = typer.Argument(..., metavar="NAME", show_default=False,
+                               help="activations, init, optimizers, batch, normalization or depth."),
+    quick: bool = typer.Option(False, "--quick", help="The small version: well under a minute, same direction."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="The study directory (default runs/study-<name>, or runs/study-<name>-N when that exists)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines; only the table and the conclusion."),
+) -> None:
+    """Rerun a classic experiment behind a rule of thumb and see the evidence.
+
+    Writes results.json, table.csv, figures/*.png and report.html (the table, the figures
+    and a conclusion in plain words computed from the numbers). The studies:
+
+      activations    sigmoid, tanh, relu, leaky_relu, elu, maxout: steps to a target accuracy, dead/saturated units
+
+      init           10-layer tanh and relu nets, small/large normal, xavier, kaiming: activation std per layer at init
+
+      optimizers     sgd, momentum, nesterov, adam, adamw, rmsprop, lbfgs, newton, quickprop: loss vs steps and time
+
+      batch          full batch, single sample, mini-batches: loss against epochs and wall time
+
+      normalization  none, batch, layer, group, weight: the largest stable learning rate and the accuracy
+
+      depth          plain against residual deep nets: vanishing gradients and the skip path
+
+    Examples:
+
+      babysit study activations --quick
+
+      babysit study init --out runs/init-study
+    """
+    from babysit.studies import rich_table, run_study
+
+    result = run_study(name, quick=quick, out=out, progress=None if quiet else typer.echo)
+    _console().print(rich_table(result))
+    for line in result.conclusion:
+        typer.echo(line)
+    typer.echo(f"study directory: {result.path} ({result.seconds:.1f} s); report: {result.path / 'report.html'}")
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     try:
@@ -318,7 +542,10 @@ def main() -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(BabysitError.exit_code)
     except KeyboardInterrupt:
-        typer.echo("interrupted; continue with --resume", err=True)
+        verb = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+        hint = {"train": "; continue with babysit train ... --resume",
+                "search": "; the same babysit search command continues the study"}.get(verb, "")
+        typer.echo(f"interrupted{hint}", err=True)
         sys.exit(130)
 
 

@@ -15,15 +15,17 @@ Example
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from babysit.errors import BabysitError
 
-DataSource = Literal["mnist1d", "digits", "spirals", "blobs", "npz", "csv", "folder"]
+DataSource = Literal["mnist1d", "digits", "spirals", "blobs", "npz", "csv", "folder", "text"]
 Preprocess = Literal["center", "standardize", "pca_whiten", "zca_whiten"]
 ModelKind = Literal[
     "mlp", "cnn", "resnet", "rnn", "gru", "lstm", "autoencoder", "gan", "gpt", "perceptron"
@@ -31,7 +33,9 @@ ModelKind = Literal[
 Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "maxout", "sign"]
 Norm = Literal["none", "batch", "layer", "group", "weight", "spectral"]
 Init = Literal["zeros", "normal", "uniform", "lecun", "xavier", "kaiming", "orthogonal"]
-LossName = Literal["mse", "mae", "cross_entropy", "nll", "bce", "hinge"]
+LossName = Literal["mse", "mae", "cross_entropy", "nll", "bce", "hinge", "perceptron"]
+Basis = Literal["identity", "polynomial", "fourier"]
+RECURRENT_KINDS = ("rnn", "gru", "lstm")
 OptimizerName = Literal[
     "sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "lbfgs",
     "newton", "quickprop", "perceptron",
@@ -58,6 +62,7 @@ class DataSpec(Section):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # for sources without a test split
     samples: int | None = Field(None, gt=0)  # size of generated sets (mnist1d 5000, spirals 1500, blobs 1500)
+    context: int = Field(64, ge=2)  # text: characters per example, the language model's context length
     classes: int = Field(3, ge=2)  # spirals / blobs
     noise: float = Field(0.2, ge=0.0)  # spirals / blobs
     preprocess: list[Preprocess] = Field(default_factory=lambda: ["standardize"])
@@ -91,6 +96,30 @@ class ModelSpec(Section):
     init_std: float | None = Field(None, gt=0)  # for init: normal (default 0.01)
     bias_init: float = 0.0
     residual: bool = False
+    basis: Basis = "identity"  # perceptron: the fixed features phi(x)
+    basis_degree: int = Field(2, ge=1)  # basis: polynomial, all monomials up to this degree
+    basis_features: int = Field(256, ge=1)  # basis: fourier, the number of random Fourier features
+    bidirectional: bool = False  # rnn / gru / lstm: read the sequence both ways
+    embedding: int | None = Field(None, ge=1)  # rnn / gru / lstm: token embedding width; set for token-id inputs (language modelling)
+    backbone: Literal["mlp", "cnn"] = "mlp"  # autoencoder / gan: dense layers (widths: hidden) or convolutions (channels)
+    bottleneck: int = Field(16, ge=1)  # autoencoder: the code size
+    latent: int = Field(32, ge=1)  # gan: the generator's noise size
+    layers: int = Field(4, ge=1)  # gpt: transformer blocks
+    heads: int = Field(4, ge=1)  # gpt: attention heads per block
+    embed: int = Field(128, ge=1)  # gpt: embedding width (a multiple of heads)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, raw: Any) -> Any:
+        """Defaults that follow from ``kind``, where the spec leaves the key out: a perceptron
+        starts from ``init: zeros`` (Rosenblatt's w = 0, the setting of Novikoff's bound); rnn,
+        gru and lstm use ``activation: tanh`` (Elman's unit; gru and lstm gates are fixed)."""
+        if isinstance(raw, dict):
+            if raw.get("kind") == "perceptron":
+                return {"init": "zeros", **raw}
+            if raw.get("kind") in RECURRENT_KINDS:
+                return {"activation": "tanh", **raw}
+        return raw
 
     @field_validator("hidden", "channels")
     @classmethod
@@ -111,6 +140,7 @@ class OptimizerSpec(Section):
     grad_clip: float | None = Field(None, gt=0)  # clip the global gradient norm
     damping: float = Field(1e-3, ge=0.0)  # newton: the initial Levenberg-Marquardt damping λ
     max_growth: float = Field(1.75, gt=0.0)  # quickprop: μ, the largest ratio of a step to the last (Fahlman 1988)
+    discriminator_lr: float | None = Field(None, gt=0)  # gan: the discriminator's own lr (default: lr)
 
     @field_validator("betas")
     @classmethod
@@ -155,6 +185,8 @@ class TrainSpec(Section):
     log_every: int | None = Field(None, ge=1)  # steps between logged points (default: once an epoch)
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
     checkpoint_every_s: float = Field(10.0, ge=0.0)  # save last.pt at most this often (and after the last epoch)
+    snapshots: int | None = Field(None, ge=2)  # snapshot ensemble: keep the last K cycle-end weights (cyclic schedules)
+    trajectory_every: int | None = Field(None, ge=1)  # steps between weight snapshots in checkpoints/trajectory/ (None: off)
 
 
 class ChecksSpec(Section):
@@ -175,6 +207,54 @@ class Experiment(Section):
     regularization: RegularizationSpec = Field(default_factory=RegularizationSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
+    # babysit search: dotted spec key -> distribution, e.g. {optimizer.lr: loguniform(1e-4, 1)}
+    search: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_kind_defaults(cls, raw: Any) -> Any:
+        """Defaults that follow from ``model.kind``, filled in only where the spec leaves the key out.
+
+        - perceptron: ``loss: perceptron`` and ``optimizer.name: perceptron`` (with that loss):
+          Rosenblatt's rule (from w = 0: see :class:`ModelSpec`), and
+          ``train.early_stopping.patience: null``: the run goes on until the data are separated
+          (or the epochs run out) and keeps the last weights, the separating ones.
+        - rnn / gru / lstm: ``optimizer.grad_clip: 1.0`` (Pascanu, Mikolov & Bengio 2013: clipping
+          the gradient norm tames the exploding gradients of recurrent nets; ``grad_clip: null``
+          turns it off).
+        - autoencoder: ``loss: mse`` (reconstruction error). gan: ``loss: bce``, Adam at lr 2e-4
+          with betas (0.5, 0.999) and leaky ReLU (DCGAN). gpt: AdamW at lr 1e-3.
+        """
+        if not isinstance(raw, dict):
+            return raw
+        kind = _given(raw.get("model")).get("kind")
+        if kind == "perceptron":
+            raw = {**raw, "loss": raw.get("loss", "perceptron")}
+            if raw["loss"] == "perceptron":
+                raw["optimizer"] = _with_defaults(raw.get("optimizer"), name="perceptron")
+            raw["train"] = _with_defaults(raw.get("train"), early_stopping={"patience": None})
+        elif kind in RECURRENT_KINDS:
+            raw = {**raw, "optimizer": _with_defaults(raw.get("optimizer"), grad_clip=1.0)}
+        elif kind == "autoencoder":  # the inputs are the targets: reconstruction error
+            raw = {**raw, "loss": raw.get("loss", "mse")}
+        elif kind == "gan":
+            # Radford et al. 2016 (DCGAN): Adam at lr 2e-4 with beta1 0.5, leaky ReLU (slope 0.2)
+            # in the discriminator; the GAN objective is binary cross-entropy on D's logit
+            raw = {**raw, "loss": raw.get("loss", "bce")}
+            raw["optimizer"] = _with_defaults(raw.get("optimizer"), name="adam", lr=2e-4, betas=(0.5, 0.999))
+            raw["model"] = _with_defaults(raw.get("model"), activation="leaky_relu")
+        elif kind == "gpt":  # nanoGPT / GPT-2: AdamW, GELU units (fixed by the architecture)
+            raw = {**raw, "optimizer": _with_defaults(raw.get("optimizer"), name="adamw", lr=1e-3)}
+        return raw
+
+    @model_validator(mode="after")
+    def _perceptron_rule_needs_its_criterion(self) -> Experiment:
+        if self.optimizer.name == "perceptron" and self.loss != "perceptron":
+            raise ValueError(
+                "optimizer.name: 'perceptron' is the perceptron rule, plain SGD on the perceptron "
+                f"criterion; set loss: perceptron (got loss: {self.loss})"
+            )
+        return self
 
     @field_validator("name")
     @classmethod
@@ -183,12 +263,189 @@ class Experiment(Section):
             raise ValueError(f"must be a non-empty name without '/', got {value!r}")
         return value
 
+    @model_validator(mode="after")
+    def _snapshots_need_cycles(self) -> Experiment:
+        if self.train.snapshots is not None and self.schedule.name not in ("cosine_restarts", "cyclic"):
+            raise ValueError(f"train.snapshots: needs schedule.name cosine_restarts or cyclic (a snapshot is taken at "
+                             f"the end of each cycle), got schedule.name {self.schedule.name!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _search_space_valid(self) -> Experiment:
+        for key, text in self.search.items():
+            search_distribution(self, key, text)
+        return self
+
     @property
     def run_name(self) -> str:
         return self.name or f"{self.data.source}-{self.model.kind}"
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        if not data.get("search"):
+            data.pop("search", None)  # a spec without a search space reads and saves as before
+        return data
+
+
+def _given(section: Any) -> dict[str, Any]:
+    """The keys a spec section states: a dict as is, a section model's explicitly set fields."""
+    if isinstance(section, BaseModel):
+        return section.model_dump(exclude_unset=True)
+    return dict(section) if isinstance(section, dict) else {}
+
+
+def _with_defaults(section: Any, **defaults: Any) -> Any:
+    """``section`` with ``defaults`` under the keys it does not state (a value of another type is
+    left for validation to reject)."""
+    if isinstance(section, BaseModel):  # a section object (also on assignment): keep its type
+        missing = {key: value for key, value in defaults.items() if key not in section.model_fields_set}
+        return section.model_copy(update=missing) if missing else section
+    if section is not None and not isinstance(section, dict):
+        return section
+    return {**defaults, **(section or {})}
+
+
+# --------------------------------------------------------------------------- search space
+
+
+@dataclass(frozen=True)
+class SearchDistribution:
+    """One entry of a spec's ``search:`` section, parsed (never evaluated) from its text.
+
+    ``loguniform(a, b)`` (floats, uniform in log space: for scales such as a learning rate),
+    ``uniform(a, b)``, ``intuniform(a, b)`` (alias ``int(a, b)``: integers a..b inclusive) and
+    ``choice(x, y, ...)`` (values read as YAML: ``choice(relu, tanh)``, ``choice([64], [128, 128])``).
+
+    Example
+    -------
+    >>> parse_distribution("loguniform(1e-4, 1)")
+    SearchDistribution(kind='loguniform', low=0.0001, high=1.0, choices=())
+    >>> parse_distribution("choice(relu, tanh)").choices
+    ('relu', 'tanh')
+    """
+
+    kind: Literal["loguniform", "uniform", "intuniform", "choice"]
+    low: float | int | None = None
+    high: float | int | None = None
+    choices: tuple[Any, ...] = ()
+
+    @property
+    def log(self) -> bool:
+        return self.kind == "loguniform"
+
+
+SEARCH_EXAMPLES = "loguniform(1e-4, 1), uniform(0, 0.5), intuniform(1, 8) or choice(relu, tanh)"
+_CALL = re.compile(r"^\s*([A-Za-z_]+)\s*\((.*)\)\s*$", re.DOTALL)
+
+
+def parse_distribution(text: str) -> SearchDistribution:
+    """Read ``name(arguments)``; a ValueError says what is wrong (the caller names the key)."""
+    match = _CALL.match(text) if isinstance(text, str) else None
+    if match is None and isinstance(text, str) and text.count("(") > text.count(")"):
+        raise ValueError(f"{text!r} was cut at a comma by YAML's {{...}} flow mapping; quote the distribution "
+                         f"('{text.strip()}, ...)') or write search: as a block, one key per line")
+    if match is None:
+        raise ValueError(f"expected a distribution such as {SEARCH_EXAMPLES}; got {text!r}")
+    name, arguments = match.group(1), match.group(2)
+    kind = {"loguniform": "loguniform", "uniform": "uniform", "intuniform": "intuniform", "int": "intuniform",
+            "choice": "choice"}.get(name)
+    if kind is None:
+        raise ValueError(f"unknown distribution {name!r}; use {SEARCH_EXAMPLES}")
+    if kind == "choice":
+        try:
+            values = yaml.safe_load(f"[{arguments}]")
+        except yaml.YAMLError:
+            raise ValueError(f"cannot read the values of {text!r}; write them as YAML, e.g. choice(relu, tanh)") from None
+        values = [_number_or_value(v) for v in values]
+        if len(values) < 2:
+            raise ValueError(f"choice needs at least two values; got {text!r} (to fix a key, set it in the spec)")
+        return SearchDistribution("choice", choices=tuple(values))
+    bounds = [b.strip() for b in arguments.split(",")]
+    if len(bounds) != 2 or not all(bounds):
+        raise ValueError(f"{name} takes two bounds, {name}(low, high); got {text!r}")
+    try:
+        low, high = (float(b) for b in bounds)
+    except ValueError:
+        raise ValueError(f"{name} bounds must be numbers; got {text!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{name} bounds must be finite; got {text!r}")
+    if kind == "intuniform":
+        if not (low.is_integer() and high.is_integer()):
+            raise ValueError(f"{name} bounds must be integers; got {text!r}")
+        low, high = int(low), int(high)
+    if low >= high:
+        raise ValueError(f"low must be < high; got {text!r}")
+    if kind == "loguniform" and low <= 0:
+        raise ValueError(f"loguniform needs 0 < low < high (it samples log(value)); got {text!r}")
+    return SearchDistribution(kind, low=low, high=high)
+
+
+def _number_or_value(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` as text; a search value that reads as a number is one."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return number if math.isfinite(number) else value
+    return value
+
+
+def search_distribution(spec: Experiment, key: str, text: Any) -> SearchDistribution:
+    """Parse ``search.<key>`` and check it against the spec: the key is a spec key (not a
+    section), float ranges only for keys that take fractions, and both bounds and every choice
+    are valid values of the key. Raises ValueError naming ``search.<key>``."""
+    where = f"search.{key}"
+    field = _leaf_field(key, where)
+    try:
+        distribution = parse_distribution(text)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    if distribution.kind in ("uniform", "loguniform") and float not in (get_args(field.annotation) or (field.annotation,)):
+        raise ValueError(f"{where}: {key} takes integers or names, not fractions; use intuniform(a, b) or choice(...)")
+    values = distribution.choices or (distribution.low, distribution.high)
+    raw = spec.model_dump(mode="json", exclude={"search"})
+    for value in values:
+        candidate = {**raw}
+        set_dotted(candidate, _copied_path(candidate, key), value)
+        try:
+            validate(candidate)
+        except BabysitError as exc:
+            raise ValueError(f"{where}: {value!r} is not a valid value ({exc})") from None
+    return distribution
+
+
+def _leaf_field(key: str, where: str) -> Any:
+    """The pydantic field a dotted key names; ValueError when it is no key or a whole section."""
+    parts = key.split(".")
+    model: type[BaseModel] = Experiment
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part) if part != "search" else None
+        if field is None:
+            inside = f"'{'.'.join(parts[:i])}'" if i else "the top level"
+            keys = ", ".join(k for k in model.model_fields if k != "search")
+            raise ValueError(f"{where}: not a spec key; keys at {inside}: {keys}")
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            if i == len(parts) - 1:
+                keys = ", ".join(field.annotation.model_fields)
+                raise ValueError(f"{where}: is a section, not a value; search one of its keys: {keys}")
+            model = field.annotation
+        elif i < len(parts) - 1:
+            raise ValueError(f"{where}: '{'.'.join(parts[:i + 1])}' is a value, not a section")
+        else:
+            return field
+    raise ValueError(f"{where}: not a spec key")  # unreachable: the loop returns or raises
+
+
+def _copied_path(raw: dict[str, Any], key: str) -> list[str]:
+    """Copy the sections along ``key`` in ``raw`` (a shallow copy of the spec's dict) so that
+    setting the value does not touch the original; returns the key's parts."""
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node[part] = dict(node.get(part) or {})
+        node = node[part]
+    return parts
 
 
 # --------------------------------------------------------------------------- errors

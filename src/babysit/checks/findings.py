@@ -48,6 +48,9 @@ FINDINGS: dict[str, str] = {
     "lr_too_high": "Learning rate too high",
     "lr_too_low": "Learning rate too low",
     "not_converged": "Not converged",
+    # GAN (babysit.train.gan): the adversarial game itself, read from its curves
+    "discriminator_wins": "Discriminator wins outright",
+    "mode_collapse": "Mode collapse",
 }
 
 PREFLIGHT_IDS = ("initial_loss_off", "gradient_check_failed", "cannot_overfit_tiny_subset",

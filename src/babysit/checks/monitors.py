@@ -110,6 +110,11 @@ def monitored_layers(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], lis
     nonlinearity modules (it calls ``torch.relu`` inside ``forward``), the weight layers'
     outputs are watched instead (their mean, std and histogram).
 
+    Recurrent layers (``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM``) count as both: their output
+    sequence of hidden states is watched like an activation (its gates' nonlinearities are
+    inside the module), and each of their input and recurrent matrices (``weight_ih_l0``,
+    ``weight_hh_l0``, ...) is a weight, named ``<layer>.<parameter>``.
+
     Example
     -------
     >>> net = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1))
@@ -119,9 +124,14 @@ def monitored_layers(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], lis
     """
     from babysit.nets.layers import WEIGHT_LAYER_TYPES
 
-    activations = [(name, m) for name, m in model.named_modules() if isinstance(m, _activation_types())]
+    activations = [(name, m) for name, m in model.named_modules() if isinstance(m, (*_activation_types(), nn.RNNBase))]
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, WEIGHT_LAYER_TYPES)]
-    weights = [(name, m.weight) for name, m in layers if isinstance(getattr(m, "weight", None), nn.Parameter)]
+    weights = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.RNNBase):
+            weights += [(f"{name}.{key}", p) for key, p in m.named_parameters(recurse=False) if key.startswith("weight_")]
+        elif isinstance(m, WEIGHT_LAYER_TYPES) and isinstance(getattr(m, "weight", None), nn.Parameter):
+            weights.append((name, m.weight))
     if not weights:
         weights = [(name.removesuffix(".weight"), p) for name, p in model.named_parameters() if p.dim() >= 2]
     if not activations:
@@ -173,6 +183,9 @@ class Monitor:
         self._hooks: list[Any] = []
         self._act_stats: dict[str, tuple[torch.Tensor, int, int, str | None]] = {}
         self._types = {name: type(m).__name__ for name, m in model.named_modules()}
+        for name, module in model.named_modules():  # a recurrent matrix takes its layer's type
+            if isinstance(module, nn.RNNBase):
+                self._types.update({f"{name}.{key}": type(module).__name__ for key, _ in module.named_parameters()})
         self._back: dict[str, torch.Tensor] = {}
         self._hists: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._want_hist = False
@@ -211,6 +224,8 @@ class Monitor:
         sigmoid = isinstance(module, _SIGMOID_LIKE)
 
         def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
+            if isinstance(output, tuple):  # a recurrent layer: (hidden-state sequence, final state)
+                output = output[0]
             if name in self._act_stats or not mod.training or not isinstance(output, torch.Tensor):
                 return  # the first training forward only (L-BFGS calls forward several times)
             a = output.detach()

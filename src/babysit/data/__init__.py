@@ -102,13 +102,13 @@ def load(spec: DataSpec, seed: int = 0) -> Splits:
     classification = raw.task == "classification"
     x, y, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
 
-    if x_test is None and spec.test_fraction > 0:
+    if x_test is None and spec.test_fraction > 0 and not raw.tokens:
         keep, held = holdout(len(x), spec.test_fraction, _rng(seed, _TEST_STREAM),
                              y if classification else None, "data.test_fraction")
         x, y, x_test, y_test = x[keep], y[keep], x[held], y[held]
 
-    x_val = y_val = None
-    if spec.val_fraction > 0:
+    x_val, y_val = raw.x_val, raw.y_val  # a source that splits its own (text)
+    if x_val is None and spec.val_fraction > 0 and not raw.tokens:
         keep, held = holdout(len(x), spec.val_fraction, _rng(seed, _VAL_STREAM),
                              y if classification else None, "data.val_fraction")
         x, y, x_val, y_val = x[keep], y[keep], x[held], y[held]
@@ -117,7 +117,8 @@ def load(spec: DataSpec, seed: int = 0) -> Splits:
         x, y = x[:spec.train_size], y[:spec.train_size]
 
     train = _split(x, y)
-    preprocessor = Preprocessor(spec.preprocess).fit(train.x)
+    # token ids are categories, not features to centre or scale: no preprocessing applies
+    preprocessor = Preprocessor([] if raw.tokens else spec.preprocess).fit(train.x)
 
     def prepared(split: Split | None) -> Split | None:
         return None if split is None else Split(preprocessor.transform(split.x), split.y)

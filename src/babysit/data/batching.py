@@ -33,6 +33,14 @@ class Batches:
     gradient descent, drawn without shuffling since order cannot matter). A batch size of
     ``len(x)`` or more is the same as ``'full'``. The last batch may be smaller (no drop_last).
 
+    With ``world_size`` > 1 (data-parallel training, :mod:`babysit.train.distributed`) this is
+    rank ``rank``'s shard: every rank draws the same permutation from an identically seeded
+    generator, so global batch k holds the same ``batch_size`` examples as in one process,
+    and each rank yields its equal ``batch_size / world_size`` slice of it. The last global
+    batch is split evenly as well; the fewer than ``world_size`` examples left over are
+    skipped that epoch (so every rank's loss is a mean over the same number of examples and
+    DDP's gradient average is the global batch's gradient).
+
     Example
     -------
     >>> import torch
@@ -43,7 +51,7 @@ class Batches:
     """
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int | str,
-                 generator: torch.Generator | None, shuffle: bool = True):
+                 generator: torch.Generator | None, shuffle: bool = True, *, rank: int = 0, world_size: int = 1):
         if len(x) != len(y):
             raise ValueError(f"Batches: x has {len(x)} examples but y has {len(y)}")
         if batch_size != "full" and not (isinstance(batch_size, int) and batch_size >= 1):
@@ -54,11 +62,22 @@ class Batches:
         self.batch_size = max(full, 1)  # an empty dataset yields no batches rather than failing
         self.generator = generator
         self.shuffle = shuffle
+        self.rank, self.world_size = rank, world_size
+        if world_size > 1:
+            if batch_size != "full" and self.batch_size % world_size:
+                raise ValueError(f"Batches: batch_size {self.batch_size} does not divide over {world_size} ranks")
+            if self.n < world_size:
+                raise ValueError(f"Batches: {self.n} examples cannot be shared by {world_size} ranks")
 
     def __len__(self) -> int:
+        if self.world_size > 1:  # a last batch smaller than the number of ranks is skipped
+            return self.n // self.batch_size + (self.n % self.batch_size >= self.world_size)
         return math.ceil(self.n / self.batch_size) if self.n else 0
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if self.world_size > 1:
+            yield from self._shard()
+            return
         x, y = self.x, self.y
         if self.shuffle and len(self) > 1:
             # randperm must run on the generator's device; a CPU generator with CUDA data
@@ -68,3 +87,23 @@ class Batches:
             x, y = x[perm], y[perm]  # one gather per epoch; batches below are views
         for start in range(0, self.n, self.batch_size):
             yield x[start:start + self.batch_size], y[start:start + self.batch_size]
+
+    def _shard(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """This rank's slice of every global batch: one gather of its examples per epoch,
+        contiguous views after that."""
+        n, size, rank, ranks = self.n, self.batch_size, self.rank, self.world_size
+        full, rest = divmod(n, size)
+        if self.shuffle and (n > size or n % ranks):  # the same permutation as one process draws
+            device = self.generator.device if self.generator is not None else self.x.device
+            order = torch.randperm(n, generator=self.generator, device=device).to(self.x.device)
+        else:
+            order = torch.arange(n, device=self.x.device)
+        per, last = size // ranks, rest // ranks  # per-rank examples of a full / of the last batch
+        # (full, size) -> this rank's columns (full, per), then its part of the last batch
+        mine = torch.cat([order[:full * size].view(full, size)[:, rank * per:(rank + 1) * per].reshape(-1),
+                          order[full * size + rank * last:full * size + (rank + 1) * last]])
+        x, y = self.x[mine], self.y[mine]
+        for start in range(0, full * per, per):
+            yield x[start:start + per], y[start:start + per]
+        if last:
+            yield x[full * per:], y[full * per:]

@@ -89,6 +89,31 @@ class Preprocessor:
     def fit_transform(self, x: torch.Tensor) -> torch.Tensor:
         return self.fit(x).transform(x)
 
+    def inverse_transform(self, z: torch.Tensor) -> torch.Tensor:
+        """Undo :meth:`transform`: preprocessed values (N, *input_shape) back to the data's own
+        units (pixels to draw a reconstruction or a generated image in). Whitening is undone
+        with the pseudo-inverse of its matrix, exact for the directions it kept.
+
+        Example
+        -------
+        >>> import torch
+        >>> x = torch.tensor([[0.0, 1.0], [2.0, 5.0]])
+        >>> pre = Preprocessor(["standardize"]).fit(x)
+        >>> torch.allclose(pre.inverse_transform(pre.transform(x)), x, atol=1e-6)
+        True
+        """
+        if self.fitted is None:
+            raise RuntimeError("Preprocessor.inverse_transform called before fit")
+        if not self.fitted:
+            return z
+        x = z.reshape(len(z), -1).to(torch.float64)
+        for shift, weight in reversed(self.fitted):
+            if weight is not None:
+                weight = weight.to(x.device)
+                x = x / weight if weight.ndim == 1 else x @ torch.linalg.pinv(weight)
+            x = x + shift.to(x.device)
+        return x.to(z.dtype).reshape(z.shape)
+
 
 def _apply(z: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     z = z - shift

@@ -51,6 +51,9 @@ class RawData:
     ``where`` names the origin in error messages (a file path, or ``data.source=digits``).
     ``num_classes`` is set when the source knows it (10 digits, K spiral arms, the class
     folders); otherwise it is inferred from the training labels as ``max(y) + 1``.
+    A source that must split its own validation set (text, where windows cut from one text
+    would overlap across a random hold-out) gives ``x_val`` / ``y_val``. ``tokens`` marks
+    token-id inputs: ``x`` (N, T) int64 ids and ``y`` (N, T) the next ids, kept as integers.
     """
 
     x: np.ndarray
@@ -61,6 +64,9 @@ class RawData:
     num_classes: int | None = None
     class_names: list[str] | None = None
     where: str = "data"
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    tokens: bool = False
 
 
 # --------------------------------------------------------------------------- generated
@@ -416,6 +422,13 @@ def folder(spec: DataSpec, seed: int = 0) -> RawData:
                    where=str(root))
 
 
+def text(spec: DataSpec, seed: int = 0) -> RawData:
+    """Character windows of a text file for language modelling (see :mod:`babysit.data.text`)."""
+    from babysit.data.text import text_source
+
+    return text_source(spec, seed)
+
+
 SOURCES: dict[str, Callable[[DataSpec, int], RawData]] = {
     "mnist1d": mnist1d,
     "digits": digits,
@@ -424,6 +437,7 @@ SOURCES: dict[str, Callable[[DataSpec, int], RawData]] = {
     "npz": npz,
     "csv": csv_file,
     "folder": folder,
+    "text": text,
 }
 
 
@@ -443,6 +457,8 @@ def check(raw: RawData) -> RawData:
     2
     """
     where = raw.where
+    if raw.tokens:
+        return _check_tokens(raw)
     pairs = [("x", "y", raw.x, raw.y)]
     if raw.x_test is not None:
         pairs.append(("x_test", "y_test", raw.x_test, raw.y_test))
@@ -508,3 +524,25 @@ def _class_labels(y: np.ndarray, name: str, where: str) -> np.ndarray:
     if y.min() < 0:
         raise BabysitError(f"{where}: labels in '{name}' must be integers 0..C-1, got negative label {int(y.min())}")
     return y
+
+
+def _check_tokens(raw: RawData) -> RawData:
+    """Token windows: x and y (N, T) integer ids in 0..num_classes-1 of the same shape, per split."""
+    vocab = raw.num_classes or 0
+    for suffix in ("", "_val", "_test"):
+        x, y = getattr(raw, "x" + suffix), getattr(raw, "y" + suffix)
+        if x is None:
+            continue
+        if x.ndim != 2 or y is None or y.shape != x.shape or len(x) == 0:
+            raise BabysitError(f"{raw.where}: token windows 'x{suffix}' and 'y{suffix}' must share a shape (N, T) "
+                               f"with N >= 1, got {x.shape} and {None if y is None else y.shape}")
+        for name, arr in (("x" + suffix, x), ("y" + suffix, y)):
+            if arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() >= vocab:
+                raise BabysitError(f"{raw.where}: '{name}' must hold token ids 0..{vocab - 1}")
+
+    def ids(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a.astype(np.int64)
+
+    return RawData(ids(raw.x), ids(raw.y), ids(raw.x_test), ids(raw.y_test), num_classes=vocab,
+                   class_names=raw.class_names, where=raw.where, x_val=ids(raw.x_val), y_val=ids(raw.y_val),
+                   tokens=True)

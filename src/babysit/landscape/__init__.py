@@ -16,6 +16,8 @@ is evaluated in eval mode on copies of its weights and comes back bit for bit as
   :func:`weight_singular_values` (dynamical isometry)
 - :mod:`~babysit.landscape.surface`: :func:`random_directions`, :func:`trajectory_directions`,
   :func:`loss_surface`, :func:`interpolate`
+- :mod:`~babysit.landscape.run`: :func:`load_run`, :func:`landscape_run` (``babysit
+  landscape RUN``: landscape.json, figures, report); :mod:`~babysit.landscape.figures`
 
 Example
 -------
@@ -38,6 +40,7 @@ from babysit.landscape.jacobian import (
     jacobian_singular_values,
     weight_singular_values,
 )
+from babysit.landscape.run import LoadedRun, landscape_run, load_run
 from babysit.landscape.spectrum import (
     HessianEigen,
     SpectralDensity,
@@ -62,6 +65,7 @@ __all__ = [
     "HessianOperator",
     "Interpolation",
     "JacobianSpectrum",
+    "LoadedRun",
     "LossSurface",
     "SpectralDensity",
     "TraceEstimate",
@@ -72,6 +76,8 @@ __all__ = [
     "hessian_vector_product",
     "interpolate",
     "jacobian_singular_values",
+    "landscape_run",
+    "load_run",
     "loss_surface",
     "random_directions",
     "select_parameters",

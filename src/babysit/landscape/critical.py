@@ -36,8 +36,9 @@ from typing import Any
 
 from torch import nn
 
+from babysit.errors import BabysitError
 from babysit.landscape.hvp import Data, HessianOperator, LossFn
-from babysit.landscape.spectrum import hessian_eigenvalues
+from babysit.landscape.spectrum import HessianEigen, hessian_eigenvalues
 
 __all__ = ["CriticalPoint", "classify_critical_point"]
 
@@ -89,6 +90,8 @@ def classify_critical_point(
     seed: int = 0,
     params: Sequence[str] | None = None,
     batch_size: int | None = None,
+    top: HessianEigen | None = None,
+    bottom: HessianEigen | None = None,
 ) -> CriticalPoint:
     """Classify the model's weights as a point of the dataset loss.
 
@@ -105,6 +108,10 @@ def classify_critical_point(
         The learning rate used, to compare with the step-size limit 2 / lambda_max.
     tol, max_steps, seed
         Passed to the two Lanczos runs (top-1 and bottom-1).
+    top, bottom
+        Eigenpairs already computed at this point (``which="top"`` and ``"bottom"``,
+        e.g. the top-5 and bottom-5 a report shows): their first pair is used and that
+        Lanczos run is skipped.
     """
     op = (
         model
@@ -112,8 +119,12 @@ def classify_critical_point(
         else HessianOperator(model, loss_fn, data, params=params, batch_size=batch_size)
     )
     gradient_norm = float(op.gradient().norm())
-    top = hessian_eigenvalues(op, k=1, which="top", tol=tol, max_steps=max_steps, seed=seed)
-    bottom = hessian_eigenvalues(op, k=1, which="bottom", tol=tol, max_steps=max_steps, seed=seed)
+    if top is None:
+        top = hessian_eigenvalues(op, k=1, which="top", tol=tol, max_steps=max_steps, seed=seed)
+    if bottom is None:
+        bottom = hessian_eigenvalues(op, k=1, which="bottom", tol=tol, max_steps=max_steps, seed=seed)
+    if top.which != "top" or bottom.which != "bottom":
+        raise BabysitError(f"top, bottom: expected which='top' and 'bottom', got {top.which!r} and {bottom.which!r}")
     lam_max, lam_min = float(top.eigenvalues[0]), float(bottom.eigenvalues[0])
     zero = eig_tol * max(abs(lam_max), abs(lam_min))
     positive, negative = lam_max > zero, lam_min < -zero

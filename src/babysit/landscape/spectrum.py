@@ -401,6 +401,23 @@ class SpectralDensity:
             return 0.0
         return negative / positive if positive > 0 else math.inf
 
+    def positive_condition_number(self, zero_tol: float = 1e-6) -> float | None:
+        """The condition number of the positive part of the spectrum: the largest node over
+        the smallest node above ``zero_tol`` times the largest |node| (smaller ones count as
+        the zero eigenvalues a network's symmetries and dead units give). None when no node
+        is above that.
+
+        The top node converges to lambda_max; the small nodes are quadrature nodes, exact
+        eigenvalues only when a run exhausts its Krylov space (``steps`` >= the number of
+        distinct eigenvalues), so for a large model this is an estimate at the resolution
+        of the quadrature.
+        """
+        top = float(self.nodes.abs().max())
+        positive = self.nodes[self.nodes > zero_tol * top]
+        if not len(positive):
+            return None
+        return float(positive.max() / positive.min())
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "nodes": [float(v) for v in self.nodes],
@@ -408,6 +425,7 @@ class SpectralDensity:
             "runs": self.runs,
             "steps": self.steps,
             "negative_mass_ratio": self.negative_mass_ratio,
+            "positive_condition_number": self.positive_condition_number(),
         }
 
 

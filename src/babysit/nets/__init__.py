@@ -1,7 +1,7 @@
 """Networks from a spec: ``build(spec.model, input_shape, output_dim)``.
 
 The registry :data:`BUILDERS` maps ``model.kind`` to a builder function (mlp.py, cnn.py,
-resnet.py); :func:`build` builds the network and initialises it with
+resnet.py, perceptron.py, recurrent.py); :func:`build` builds the network and initialises it with
 :func:`babysit.nets.init.initialize`. Extra layers torch lacks (Maxout, the sign unit,
 Gaussian noise) live in layers.py; the walkers :func:`activation_modules` and
 :func:`weight_layers` work on any ``nn.Module``.
@@ -23,7 +23,10 @@ from torch import nn
 
 from babysit.config import ModelSpec
 from babysit.errors import BabysitError
+from babysit.nets.autoencoder import build_autoencoder
 from babysit.nets.cnn import build_cnn
+from babysit.nets.gan import build_gan
+from babysit.nets.gpt import build_gpt
 from babysit.nets.init import SCHEMES, initialize
 from babysit.nets.layers import (
     ACTIVATIONS,
@@ -35,12 +38,21 @@ from babysit.nets.layers import (
     weight_layers,
 )
 from babysit.nets.mlp import build_mlp
+from babysit.nets.perceptron import build_perceptron
+from babysit.nets.recurrent import build_recurrent
 from babysit.nets.resnet import build_resnet
 
 BUILDERS: dict[str, Callable[[ModelSpec, tuple[int, ...], int], nn.Module]] = {
     "mlp": build_mlp,
     "cnn": build_cnn,
     "resnet": build_resnet,
+    "perceptron": build_perceptron,
+    "rnn": build_recurrent,
+    "gru": build_recurrent,
+    "lstm": build_recurrent,
+    "autoencoder": build_autoencoder,
+    "gan": build_gan,
+    "gpt": build_gpt,
 }
 
 
@@ -73,6 +85,8 @@ def build(spec: ModelSpec, input_shape: tuple[int, ...], output_dim: int) -> nn.
             f"data: the network needs at least one output, got output_dim={output_dim}"
         )
     model = builder(spec, input_shape, int(output_dim))
+    if getattr(model, "initializes_itself", False):  # GPT: GPT-2's own init (nets/gpt.py)
+        return model
     return initialize(model, spec.init, spec.init_std, spec.bias_init, nonlinearity=spec.activation)
 
 

@@ -13,6 +13,9 @@ and the targets as the data gives them: int64 class ids ``(B,)`` for classificat
   one-vs-rest, one logit per class against the one-hot code.
 - ``hinge``: the multi-class SVM loss of CS231n (Weston & Watkins 1999),
   ``L_i = sum_{j != y_i} max(0, s_j - s_{y_i} + 1)``, mean over the batch.
+- ``perceptron``: the perceptron criterion ``max(0, -y·s)`` per unit (one unit for two
+  classes, one-vs-rest units for more), whose gradient is Rosenblatt's rule; see
+  :mod:`babysit.optim.perceptron`.
 
 Element-wise losses (mse, mae, bce) average over every element, as torch's ``reduction='mean'``
 and Keras do, so a ``(B, C)`` one-hot comparison is divided by ``B * C``.
@@ -31,9 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from babysit.errors import BabysitError
+from babysit.optim.perceptron import PerceptronCriterion
 
-LOSSES = ("mse", "mae", "cross_entropy", "nll", "bce", "hinge")
-CLASSIFICATION_ONLY = ("cross_entropy", "nll", "bce", "hinge")
+LOSSES = ("mse", "mae", "cross_entropy", "nll", "bce", "hinge", "perceptron")
+CLASSIFICATION_ONLY = ("cross_entropy", "nll", "bce", "hinge", "perceptron")
+SINGLE_UNIT_BINARY = ("bce", "perceptron")  # two classes -> one output unit, predicted by its sign
 TASKS = ("classification", "regression")
 
 
@@ -116,6 +121,19 @@ class OneVsRestBCE(nn.Module):
         return self.bce(outputs, F.one_hot(targets, self.num_classes).to(outputs.dtype))
 
 
+class PerToken(nn.Module):
+    """A classification loss at every position of a sequence: outputs (B, T, C) and targets
+    (B, T) are flattened to (B*T, C) and (B*T,), so the loss is the mean over all B*T
+    predictions (a language model's per-token loss; ln C at chance for C tokens)."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return self.loss(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))  # (B, T, C) -> (B*T, C)
+
+
 def _check(name: str, task: str, num_classes: int | None) -> None:
     if name not in LOSSES:
         raise BabysitError(f"loss: must be one of {', '.join(LOSSES)}; got {name!r}")
@@ -129,11 +147,13 @@ def _check(name: str, task: str, num_classes: int | None) -> None:
         raise ValueError(f"classification needs num_classes >= 2, got {num_classes}")
 
 
-def build_loss(name: str, task: str, num_classes: int | None) -> nn.Module:
+def build_loss(name: str, task: str, num_classes: int | None, per_token: bool = False) -> nn.Module:
     """The loss module for ``name`` on a ``task`` ('classification' or 'regression').
 
     The module is called as ``loss(outputs, targets)`` with raw outputs ``(B, output_dim)``
-    (see :func:`output_dim`) and the data's targets, and returns the batch mean.
+    (see :func:`output_dim`) and the data's targets, and returns the batch mean. With
+    ``per_token`` the outputs are ``(B, T, output_dim)`` and the targets ``(B, T)`` class ids
+    (next-token prediction): :class:`PerToken`.
 
     Example
     -------
@@ -146,12 +166,16 @@ def build_loss(name: str, task: str, num_classes: int | None) -> nn.Module:
     if task == "regression":
         return Regression(nn.MSELoss() if name == "mse" else nn.L1Loss())
     assert num_classes is not None
+    if per_token:  # sequence targets (B, T): the same loss at every position
+        return PerToken(build_loss(name, task, num_classes))
     if name == "cross_entropy":
         return nn.CrossEntropyLoss()
     if name == "nll":
         return NLLFromLogits()
     if name == "hinge":
         return MulticlassHinge(num_classes)
+    if name == "perceptron":
+        return PerceptronCriterion()
     if name == "bce":
         return BinaryBCE() if num_classes == 2 else OneVsRestBCE(num_classes)
     return OneHotRegression(nn.MSELoss() if name == "mse" else nn.L1Loss(), num_classes)
@@ -171,11 +195,12 @@ def output_dim(name: str, task: str, num_classes: int | None, target_dim: int) -
     if task == "regression":
         return target_dim
     assert num_classes is not None
-    return 1 if name == "bce" and num_classes == 2 else num_classes
+    return 1 if name in SINGLE_UNIT_BINARY and num_classes == 2 else num_classes
 
 
 def predict(outputs: Tensor, name: str) -> Tensor:
-    """Class ids ``(B,)`` from raw outputs: the sign of a single bce logit, else the argmax.
+    """Class ids ``(B,)`` from raw outputs: the sign of a single bce logit (or perceptron
+    score), else the argmax.
 
     Example
     -------
@@ -185,7 +210,7 @@ def predict(outputs: Tensor, name: str) -> Tensor:
     >>> predict(torch.tensor([[0.1, 0.7, 0.2]]), "cross_entropy").tolist()
     [1]
     """
-    if name == "bce" and outputs.shape[-1] == 1:
+    if name in SINGLE_UNIT_BINARY and outputs.shape[-1] == 1:
         return (outputs.squeeze(-1) > 0).long()
     return outputs.argmax(-1)
 
@@ -197,6 +222,7 @@ def chance_loss(name: str, task: str, num_classes: int | None, targets: Tensor) 
     Cross-entropy / NLL: the entropy of the class frequencies (ln C when balanced). BCE: the
     mean binary entropy of each class's frequency. MSE: the targets' variance (predict the
     mean). MAE: the mean absolute deviation from the median. Hinge: C - 1 (all scores equal).
+    Perceptron: None, since the constant score 0 has criterion 0 (its scale is the weights').
     On class labels, mse / mae compare with the one-hot code.
 
     Example
@@ -237,4 +263,4 @@ def chance_loss(name: str, task: str, num_classes: int | None, targets: Tensor) 
     return None
 
 
-__all__ = ["LOSSES", "build_loss", "chance_loss", "output_dim", "predict"]
+__all__ = ["LOSSES", "PerToken", "build_loss", "chance_loss", "output_dim", "predict"]

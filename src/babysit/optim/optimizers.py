@@ -20,6 +20,8 @@ Two are babysit's own, for the small models the classic papers trained:
   Levenberg-Marquardt damping (``optimizer.damping``); at most 5,000 parameters.
 - ``quickprop``: :class:`~babysit.optim.quickprop.Quickprop` (Fahlman 1988), the per-weight
   parabola step with growth factor ``optimizer.max_growth``.
+- ``perceptron``: Rosenblatt's rule, which is plain ``SGD(lr, momentum=0)`` on the perceptron
+  criterion (``loss: perceptron``); see :mod:`babysit.optim.perceptron`.
 
 Weight decay (an L2 penalty) applies to weight matrices and kernels only. Biases, norm-layer
 scales and shifts, PReLU slopes and weight-norm magnitudes are left alone: decaying them does
@@ -52,10 +54,12 @@ from torch.nn.utils import parametrize
 from babysit.config import OptimizerSpec
 from babysit.errors import BabysitError
 from babysit.optim.newton import Newton
+from babysit.optim.perceptron import build_perceptron_optimizer
 from babysit.optim.quickprop import Quickprop
 
-AVAILABLE = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "lbfgs", "newton", "quickprop")
-NOT_YET = ("perceptron",)
+AVAILABLE = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "lbfgs", "newton", "quickprop",
+             "perceptron")
+NOT_YET: tuple[str, ...] = ()
 
 # Layers whose parameters only scale or shift activations; never decayed.
 NORM_LAYERS = (
@@ -213,6 +217,8 @@ def build_optimizer(spec: OptimizerSpec, model: nn.Module) -> torch.optim.Optimi
         return Newton(groups, lr=lr, damping=spec.damping, module=model)
     if name == "quickprop":
         return Quickprop(groups, lr=lr, max_growth=spec.max_growth)
+    if name == "perceptron":
+        return build_perceptron_optimizer(groups, lr, wd)
     if name in ("sgd", "momentum", "nesterov"):
         return _with_fast_kernels(
             torch.optim.SGD, groups, fused=True, lr=lr, momentum=spec.momentum, nesterov=name == "nesterov"

@@ -376,6 +376,102 @@ def overlaid_curves(histories: dict[str, Sequence[dict[str, Any]]]) -> Figure | 
     return fig
 
 
+def _as_images(examples: np.ndarray) -> np.ndarray | None:
+    """Examples (N, C, H, W) / (N, H, W) as images (N, H, W[, 3]) for :func:`_image_grid`; None
+    when they are not images (vectors, 1-D signals)."""
+    x = np.nan_to_num(np.asarray(examples, dtype=float), nan=0.0, posinf=0.0, neginf=0.0)
+    if x.ndim == 4 and x.shape[1] in (1, 3):
+        return x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W[, 3])
+    if x.ndim == 3 and not (x.shape[1] < x.shape[2] and x.shape[1] <= 16):
+        return x  # (N, H, W) grey images; (N, C, L), few channels, is a signal (nets.layers.conv_layout)
+    return None
+
+
+def _signal_rows(rows: Sequence[np.ndarray], labels: Sequence[str], overlay: np.ndarray | None = None) -> Figure:
+    """One small line plot per example, in rows (``overlay``: a second line on the same axes)."""
+    cols = min(8, max(len(r) for r in rows))
+    fig, axes = _new(1.2 * cols + 0.8, 0.9 * len(rows) + 0.5, cols=cols, rows=len(rows), top=0.1)
+    for r, (examples, label) in enumerate(zip(rows, labels, strict=True)):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(examples):
+                ax.plot(np.asarray(examples[c], dtype=float).reshape(-1), lw=1.0, color="tab:blue")
+                if overlay is not None and c < len(overlay):
+                    ax.plot(np.asarray(overlay[c], dtype=float).reshape(-1), lw=1.0, color="tab:orange")
+            if c == 0:
+                ax.set_ylabel(label, fontsize=7)
+    return fig
+
+
+def reconstructions(inputs: np.ndarray, outputs: np.ndarray) -> Figure | None:
+    """An autoencoder's held-out inputs (top row) above their reconstructions (bottom row);
+    for signals, each input (blue) with its reconstruction (orange) on one axes.
+
+    Example
+    -------
+    >>> x = np.random.default_rng(0).random((4, 1, 8, 8))
+    >>> reconstructions(x, x * 0.9) is not None, reconstructions(x[:, 0, 0], x[:, 0, 0]) is not None
+    (True, True)
+    """
+    if len(inputs) == 0:
+        return None
+    images_in, images_out = _as_images(inputs), _as_images(outputs)
+    if images_in is not None and images_out is not None:
+        n = min(len(images_in), MAX_FILTERS // 2, 16)
+        return _image_grid(np.concatenate([images_in[:n], images_out[:n]]))  # 16 to a row: inputs, then outputs
+    return _signal_rows([inputs[:8]], ["input / output"], overlay=outputs[:8])
+
+
+def samples_over_training(epochs: Sequence[int], samples: np.ndarray) -> Figure | None:
+    """A GAN's examples for the same fixed noise, one row per kept epoch (the first at the top).
+
+    Example
+    -------
+    >>> samples_over_training([1, 5], np.random.default_rng(0).random((2, 8, 1, 8, 8))) is not None
+    True
+    """
+    if len(epochs) == 0:
+        return None
+    shown = min(samples.shape[1], 16)
+    images = _as_images(samples[:, :shown].reshape(-1, *samples.shape[2:]))
+    if images is not None:
+        return _image_grid(images)  # 16 to a row: one row per epoch when 16 are kept
+    return _signal_rows([s[:8] for s in samples], [f"epoch {e}" for e in epochs])
+
+
+def gan_curves(history: Sequence[dict[str, Any]], mark_epoch: int | None = None) -> Figure | None:
+    """A GAN's epochs: the two losses, D's mean probability of 'real' on real and generated
+    examples, and the generator's diversity (1: as varied as the data).
+
+    Example
+    -------
+    >>> h = [{"epoch": e, "d_loss": 1.2, "g_loss": 0.9, "d_real": 0.6, "d_fake": 0.4, "diversity": 0.9} for e in (1, 2)]
+    >>> len(gan_curves(h).axes)
+    3
+    """
+    epochs = [r for r in history if "d_loss" in r]
+    if not epochs:
+        return None
+    fig, axes = _new(10.5, 2.6, cols=3, top=0.35)
+    panels = [(("d_loss", "discriminator"), ("g_loss", "generator")), (("d_real", "D(x), real"), ("d_fake", "D(G(z)), generated")),
+              (("diversity", "diversity"),)]
+    titles = ("losses", "discriminator's P(real)", "diversity (1: spread like the data)")
+    for ax, lines, title in zip(axes[0], panels, titles, strict=True):
+        for key, label in lines:
+            x, y = _series(epochs if key != "diversity" else history, key, "epoch")
+            if x:
+                ax.plot(x, y, lw=1.3, label=label, marker="." if len(x) < 20 else None)
+        if mark_epoch is not None:
+            ax.axvline(mark_epoch, color="tab:red", ls="--", lw=1)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig
+
+
 __all__ = ["DPI", "HEALTHY_BAND", "HEALTHY_UPDATE_RATIO", "PNG_SIGNATURE", "activation_histograms",
-           "first_layer_weights", "layer_names", "layer_series", "loss_curves", "lr_curve", "monitor_loss",
-           "overlaid_curves", "png_bytes"]
+           "first_layer_weights", "gan_curves", "layer_names", "layer_series", "loss_curves", "lr_curve",
+           "monitor_loss", "overlaid_curves", "png_bytes", "reconstructions", "samples_over_training"]

@@ -11,8 +11,9 @@ The page, top to bottom: the spec's essentials and the final metrics; the findin
 severe first, each with its title, message, advice and evidence figure; the loss and
 accuracy curves and the learning rate; the per-layer monitors (update/weight ratio with
 the healthy band around 1e-3, gradient norms, dead and saturated fractions, activation
-histograms at init and at the end); the first layer's weights; the loss landscape when
-``babysit landscape`` left one; the resolved spec.
+histograms at init and at the end); what the network makes (an autoencoder's
+reconstructions, a GAN's samples over training, a language model's text); the first layer's
+weights; the loss landscape when ``babysit landscape`` left one; the resolved spec.
 
 ``compare(run_dirs, out)`` writes one page with the runs' curves overlaid, their final
 metrics and findings side by side, and the spec keys that differ.
@@ -292,11 +293,14 @@ def _header(run: RunFiles) -> str:
     spec_rows = [(f"<th>{_e(k)}</th>", _e(v)) for k, v in _spec_essentials(run.spec)]
     spec_table = "<table><tbody>" + "".join(f"<tr>{k}<td>{v}</td></tr>" for k, v in spec_rows) + "</tbody></table>"
     splits = [split for split in ("train", "val", "test") if f"{split}_loss" in s]
+    adversarial = [k for k in ("d_loss", "g_loss", "d_real", "d_fake", "diversity") if k in s]  # a GAN's
     has_acc = any(f"{split}_acc" in s for split in splits)  # a regression has none
     metrics = _table(["split", "loss", *(["accuracy"] if has_acc else [])],
                      [[_e(split), _number(s.get(f"{split}_loss")),
                        *([_metric(s.get(f"{split}_acc"), "_acc")] if has_acc else [])]
-                      for split in splits]) if splits else '<p class="muted">No final metrics (summary.json is missing: the run did not finish).</p>'
+                      for split in splits]) if splits else (
+        _table(["last epoch", "value"], [[_e(k), _number(s[k])] for k in adversarial]) if adversarial else
+        '<p class="muted">No final metrics (summary.json is missing: the run did not finish).</p>')
     facts = []
     if "epochs" in s:
         facts.append(f"{_number(s['epochs'])} epochs, {_number(s.get('steps'))} steps")
@@ -308,6 +312,10 @@ def _header(run: RunFiles) -> str:
         facts.append(f"weights kept from epoch {_number(s['best_epoch'])}")
     stop = f"<p>{_e(s['stop_reason'])}</p>" if s.get("stop_reason") else ""
     diverged = '<p class="severity error">The run diverged.</p>' if s.get("diverged") else ""
+    if isinstance(s.get("snapshot_ensemble"), dict):  # train.snapshots
+        from babysit.train.ensemble import snapshot_line
+
+        stop += f"<p>{_e(snapshot_line(s['snapshot_ensemble']))}</p>"
     return (f"<header><h1>{_e(run.name)}</h1><p class=\"muted\">{_e(run.path)}</p>"
             f"<p>{' · '.join(facts)}</p>{stop}{diverged}</header>"
             f'<div class="grid"><section><h2 id="spec-summary">Experiment</h2>{spec_table}</section>'
@@ -351,6 +359,8 @@ def finding_figure(finding: dict[str, Any], run: RunFiles) -> Any:
             point = (step, loss) if step is not None and isinstance(loss, int | float) else None
             return figures.monitor_loss(run.records, limit=limit, mark_step=step, point=point)
         return figures.loss_curves(run.history)
+    if fid in ("discriminator_wins", "mode_collapse"):
+        return figures.gan_curves(run.history)
     if fid in _DIAGNOSIS:
         epochs = [(k, v) for k, v in evidence.items() if k.endswith("_epoch") and isinstance(v, int)]
         if epochs:
@@ -396,6 +406,10 @@ def _curves_section(run: RunFiles) -> str:
     if not run.history:
         return '<section><h2 id="curves">Learning curves</h2><p class="muted">No epochs logged.</p></section>'
     best = run.summary.get("best_epoch")
+    if any("d_loss" in r for r in run.history):  # a GAN: two adversarial losses, no validation
+        return (f'<section><h2 id="curves">Learning curves</h2>'
+                f"{_figure(figures.gan_curves(run.history), 'Per epoch: the discriminator and generator losses, the discriminator probability of real on real and generated examples, and the diversity of generated examples (mean pairwise distance, over the data).')}"
+                "</section>")
     curves = figures.loss_curves(run.history, mark_epoch=best if isinstance(best, int) else None,
                                  mark_label="kept weights")
     lr = figures.lr_curve(run.history)
@@ -445,6 +459,36 @@ def _weights_section(run: RunFiles) -> str:
             + "</section>")
 
 
+def _samples_section(run: RunFiles) -> str:
+    """What the network makes: an autoencoder's reconstructions, a GAN's samples over training,
+    a language model's generated text (files the runner leaves for the report)."""
+    import numpy as np
+
+    parts = []
+    try:
+        if (run.path / "reconstructions.npz").is_file():
+            with np.load(run.path / "reconstructions.npz", allow_pickle=False) as f:
+                fig = figures.reconstructions(f["inputs"], f["outputs"])
+            parts.append(_figure(fig, "Held-out examples (top row) and the autoencoder's reconstructions of them "
+                                      "(bottom row), in the data's units."))
+        if (run.path / "samples.npz").is_file():
+            with np.load(run.path / "samples.npz", allow_pickle=False) as f:
+                epochs, samples = f["epochs"].tolist(), f["samples"]
+            parts.append(_figure(figures.samples_over_training(epochs, samples),
+                                 f"The generator's examples for the same noise, one row per epoch ({', '.join(map(str, epochs))}), "
+                                 "first at the top."))
+    except (OSError, ValueError, KeyError):
+        parts.append('<p class="muted">The samples file is damaged; retrain to redraw it.</p>')
+    sample = _read_json(run.path / "text_sample.json") if (run.path / "text_sample.json").is_file() else None
+    if isinstance(sample, dict) and "text" in sample:
+        parts.append(f"<p>Text the trained model writes after the start of the held-out text (temperature "
+                     f"{_e(sample.get('temperature'))}, seed {_e(sample.get('seed'))}); the prompt is in bold:</p>"
+                     f"<pre><strong>{_e(sample.get('prompt', ''))}</strong>{_e(sample['text'])}</pre>")
+    if not parts:
+        return ""
+    return '<section><h2 id="samples">What it makes</h2>' + "".join(parts) + "</section>"
+
+
 def _landscape_section(run: RunFiles) -> str:
     """The loss landscape that ``babysit landscape`` left: its scalar results and figures/*.png."""
     if run.landscape is None and not run.landscape_figures:
@@ -454,9 +498,11 @@ def _landscape_section(run: RunFiles) -> str:
         rows = []
         for key, value in flatten(run.landscape).items():
             if isinstance(value, list):
-                value = f"{len(value)} values" if len(value) > 6 else json.dumps(value, default=str)
+                if len(value) > 6 or any(isinstance(v, list) for v in value):
+                    continue  # a grid or a curve's values: the figures show them
+                value = json.dumps(value, default=str)
             rows.append([_e(key), _number(value)])
-        parts.append(_table(["quantity", "value"], rows[:60]))
+        parts.append(_table(["quantity", "value"], rows[:100]))
     for png in run.landscape_figures:
         data = png.read_bytes()
         if not data.startswith(figures.PNG_SIGNATURE) or len(data) > MAX_LANDSCAPE_PNG:
@@ -480,7 +526,8 @@ def run_page(run_dir: str | Path) -> str:
     """
     run = read_run(run_dir)
     nav = "".join(f'<a href="#{anchor}">{label}</a>' for anchor, label in (
-        ("findings", "findings"), ("curves", "curves"), ("layers", "layers"), ("weights", "first layer"),
+        ("findings", "findings"), ("curves", "curves"), ("layers", "layers"), ("samples", "samples"),
+        ("weights", "first layer"),
         ("landscape", "landscape"), ("spec", "spec")))
     body = "".join([
         f"<nav>{nav}</nav>",
@@ -488,6 +535,7 @@ def run_page(run_dir: str | Path) -> str:
         _findings_section(run),
         _curves_section(run),
         _monitors_section(run),
+        _samples_section(run),
         _weights_section(run),
         _landscape_section(run),
         f'<section><h2 id="spec">Resolved spec</h2><p class="muted">config.yaml: what actually ran.</p>'

@@ -96,7 +96,7 @@ def evaluate(
     model.train(was_training)
     result = {"loss": (total_loss / max(n, 1)).item()}
     if predict is not None:
-        result["acc"] = correct.item() / max(n, 1)
+        result["acc"] = correct.item() / max(split.y.numel(), 1)  # per token for sequence targets
     return result
 
 
@@ -166,6 +166,9 @@ class Trainer:
         # fp16 needs loss scaling against gradient underflow; bf16 has fp32's range and does not.
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" and self.device.type == "cuda" else None
         self.is_lbfgs = isinstance(optimizer, torch.optim.LBFGS) or getattr(optimizer, "needs_closure", False)
+        # under torchrun: makes the epoch's training metrics global before the schedule and
+        # the callbacks see them (set by babysit.train.distributed; None: one process)
+        self.sync_logs: Callable[[dict[str, float]], None] | None = None
 
     # ------------------------------------------------------------------ one epoch
 
@@ -202,7 +205,7 @@ class Trainer:
                 losses.append(loss)
                 if every and i % every == 0:
                     corrects.append((predict(out.detach()) == yb).sum())
-                    counted += len(yb)
+                    counted += yb.numel()  # per token for sequence targets (B, T)
                 # let the output's memory go back to the allocator before the next forward
                 # (holding it one step longer costs about 2% on a small MLP)
                 del out
@@ -244,7 +247,7 @@ class Trainer:
             losses.append(loss)
             if every and i % every == 0:
                 corrects.append((predict(out.detach()) == yb).sum())
-                counted += len(yb)
+                counted += yb.numel()  # per token for sequence targets (B, T)
             del out
             self.state.step += 1
             for hook in batch_hooks:
@@ -311,6 +314,8 @@ class Trainer:
                 logs["train_loss"] = torch.stack(losses).float().mean().item()
             if counted:
                 logs["train_acc"] = torch.stack(corrects).sum().item() / counted
+            if self.sync_logs is not None:
+                self.sync_logs(logs)
             if val is not None and len(val):
                 for key, value in evaluate(self.model, self.loss_fn, val, self.predict, autocast=self.autocast).items():
                     logs[f"val_{key}"] = value

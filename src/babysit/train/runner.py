@@ -39,6 +39,8 @@ from babysit.config import Experiment
 from babysit.data.batching import Batches
 from babysit.errors import BabysitError
 from babysit.optim import losses, optimizers, regularization, schedules
+from babysit.optim.perceptron import PerceptronCriterion, SeparationStop, separation_finding
+from babysit.train import families
 from babysit.train.callbacks import (
     Checkpointer,
     EarlyStopping,
@@ -46,9 +48,12 @@ from babysit.train.callbacks import (
     MonitorCallback,
     ProgressReporter,
     TensorBoardLogger,
+    TrajectorySaver,
     truncate_metrics,
 )
 from babysit.train.checkpoint import load_checkpoint, set_rng_state
+from babysit.train.distributed import DistributedContext, in_process_group
+from babysit.train.ensemble import evaluate_snapshots, snapshot_callback, snapshot_line
 from babysit.train.loop import Callback, LoopState, Trainer, evaluate
 
 
@@ -59,6 +64,7 @@ class RunResult:
     model: nn.Module
     splits: data_module.Splits
     findings: list[Any] = field(default_factory=list)
+    rank: int = 0  # under torchrun, this process's rank: only rank 0 wrote the run directory
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,11 +119,19 @@ def build_model(spec: Experiment, splits: data_module.Splits) -> nn.Module:
     return nets.build(spec.model, splits.input_shape, out_dim)
 
 
-def prepare(spec: Experiment) -> tuple[torch.device, data_module.Splits, nn.Module, nn.Module]:
-    """Seed, then the device, the data on it, the initialised network and the loss of a spec."""
+def prepare(spec: Experiment, splits: data_module.Splits | None = None, *, two_networks: bool = False
+            ) -> tuple[torch.device, data_module.Splits, nn.Module, nn.Module]:
+    """Seed, then the device, the data on it, the initialised network and the loss of a spec.
+    ``splits`` replaces the data ``spec.data`` describes (a cross-validation fold, for instance).
+    A GAN (two networks with their own losses) is refused unless ``two_networks``: the commands
+    that take one network and one loss (lr-find, batch-find, landscape...) cannot use it."""
+    if spec.model.kind == "gan" and not two_networks:
+        raise BabysitError("model.kind: gan trains two networks against each other; babysit train and "
+                           "babysit check take it, this command takes a single network")
     device = resolve_device(spec.train.device)
     seed_everything(spec.seed)
-    splits = data_module.load(spec.data, spec.seed).to(device)
+    splits = (splits if splits is not None else data_module.load(spec.data, spec.seed)).to(device)
+    splits = families.adapt_splits(spec, splits)  # an autoencoder's targets are its inputs
     model = build_model(spec, splits).to(device)
     is_2d_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     if device.type == "cuda" and is_2d_conv:
@@ -126,7 +140,7 @@ def prepare(spec: Experiment) -> tuple[torch.device, data_module.Splits, nn.Modu
         for split in (splits.train, splits.val, splits.test):
             if split is not None and split.x.dim() == 4:
                 split.x = split.x.contiguous(memory_format=torch.channels_last)
-    loss_fn = losses.build_loss(spec.loss, splits.task, splits.num_classes)
+    loss_fn = losses.build_loss(spec.loss, splits.task, splits.num_classes, per_token=families.per_token(splits))
     return device, splits, model, loss_fn
 
 
@@ -203,6 +217,7 @@ def _restoring_determinism(train: Callable[..., RunResult]) -> Callable[..., Run
 
 
 @_restoring_determinism
+@in_process_group
 def run(
     spec: Experiment,
     out: str | Path | None = None,
@@ -211,27 +226,48 @@ def run(
     quiet: bool = False,
     extra_callbacks: list[Callback] | None = None,
     progress_stream: Any = None,
+    cluster: DistributedContext | None = None,
+    splits: data_module.Splits | None = None,
+    report: bool = True,
 ) -> RunResult:
-    """Train the experiment and write its run directory; returns the path, summary, model and data."""
-    path = run_directory(spec, out, resume)
-    if resume:
+    """Train the experiment and write its run directory; returns the path, summary, model and data.
+    ``report=False`` leaves out report.html (search trials: ``babysit report RUN`` draws it later).
+
+    Under torchrun the run is data-parallel (``cluster``, filled in by :func:`in_process_group`;
+    see :mod:`babysit.train.distributed`): rank 0 writes the run directory, and every rank
+    returns rank 0's summary."""
+    if spec.model.kind == "gan":  # two networks, two optimizers, alternating steps: train/gan.py
+        if cluster is not None:
+            raise BabysitError("model.kind: gan trains in one process; run it without torchrun")
+        from babysit.train.gan import run_gan
+
+        return run_gan(spec, out, resume=resume, quiet=quiet, extra_callbacks=extra_callbacks,
+                       progress_stream=progress_stream)
+    main = cluster is None or cluster.is_main
+    if cluster is None:
+        path = run_directory(spec, out, resume)
+    else:  # rank 0 decides (and, after a torchrun restart, resumes the run it was in)
+        path, resume = cluster.agree_run_directory(spec, out, resume)
+    if resume and main:
         saved = config_module.load(path / "config.yaml")
         _check_resume_spec(saved, spec)
-    device, splits, model, loss_fn = prepare(spec)
+    device, splits, model, loss_fn = prepare(spec, splits)  # splits: given ones (a cross-validation fold) or spec.data
     predict = (lambda out, _name=spec.loss: losses.predict(out, _name)) if splits.task == "classification" else None
     optimizer = optimizers.build_optimizer(spec.optimizer, model)
     generator = torch.Generator().manual_seed(spec.seed)
-    batches = Batches(splits.train.x, splits.train.y, spec.data.batch_size, generator)
+    shard = cluster.batch_shard(spec.data.batch_size) if cluster is not None else {}  # this rank's part of each batch
+    batches = Batches(splits.train.x, splits.train.y, spec.data.batch_size, generator, **shard)
     schedule = schedules.build_schedule(spec.schedule, optimizer, len(batches), spec.train.epochs)
     penalty, activity = make_penalty(spec, model)
     max_norm = spec.regularization.max_norm
     after_step = (lambda m: regularization.apply_max_norm(m, max_norm)) if max_norm else None
 
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "checkpoints").mkdir(exist_ok=True)
-    config_module.save(spec, path / "config.yaml")
+    if main:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "checkpoints").mkdir(exist_ok=True)
+        config_module.save(spec, path / "config.yaml")
     findings: list[Any] = []
-    if spec.checks.preflight and not resume:
+    if spec.checks.preflight and not resume and main:
         from babysit.checks.findings import finding_lines, write_findings
         from babysit.checks.preflight import preflight
 
@@ -246,7 +282,9 @@ def run(
                           spec.train.early_stopping.min_delta)
     if resume:
         # on the CPU: RNG and generator states must be CPU tensors; load_state_dict moves the rest
-        checkpoint = load_checkpoint(path / "checkpoints" / "last.pt", map_location="cpu")
+        checkpoint = load_checkpoint(path / "checkpoints" / "last.pt", map_location="cpu") if main else None
+        if cluster is not None:  # from rank 0: the other machines need no shared file system
+            checkpoint = cluster.broadcast_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         if checkpoint.get("schedule") is not None:
@@ -256,21 +294,27 @@ def run(
                           stop_reason=loop["stop_reason"], elapsed=loop["elapsed"], logs=dict(loop["logs"]))
         generator.set_state(checkpoint["generator"])
         set_rng_state(checkpoint["rng"])
-        if checkpoint.get("early_stopping") is not None:
+        if main and checkpoint.get("early_stopping") is not None:
             best_path = path / "checkpoints" / "best.pt"
             best = {k: v.to(device) for k, v in load_checkpoint(best_path)["model"].items()} if best_path.exists() else None
             early.load_state_dict(checkpoint["early_stopping"], best)
-        truncate_metrics(path / "metrics.jsonl", state.step)
+        if main:
+            truncate_metrics(path / "metrics.jsonl", state.step)
 
     metrics = MetricsLogger(path / "metrics.jsonl", spec.train.log_every)
     monitors: MonitorCallback | None = None
     if spec.checks.monitors:
-        if resume:
+        if resume and main:
             truncate_metrics(path / "monitors.jsonl", state.step)
+        # the perceptron criterion has no fixed scale (it grows with ||w||), so "3x the initial loss"
+        # says nothing about divergence there; the guard still stops a NaN / inf loss
         monitors = MonitorCallback(path / "monitors.jsonl", every=spec.checks.every,
-                                   explosion_factor=spec.checks.explosion_factor,
+                                   explosion_factor=float("inf") if spec.loss == "perceptron" else spec.checks.explosion_factor,
                                    initial_loss=_first_loss(path / "monitors.jsonl") if resume else None)
+    snapshots = snapshot_callback(spec, path / "checkpoints", len(batches))  # train.snapshots: cycle-end weights
+    separation = SeparationStop(loss_fn) if isinstance(loss_fn, PerceptronCriterion) else None  # loss: perceptron
     callbacks: list[Callback] = [
+        *([separation] if separation is not None else []),  # first: it adds the epoch's mistakes to its logs
         metrics,
         TensorBoardLogger(path / "tb", monitors=monitors),
         *([monitors] if monitors is not None else []),  # before the checkpointer: a diverged run saves nothing
@@ -278,6 +322,8 @@ def run(
         Checkpointer(path / "checkpoints", generator=generator, epochs=spec.train.epochs,
                      every_s=spec.train.checkpoint_every_s, early_stopping=early,
                      before_save=[metrics.flush] + ([monitors.flush] if monitors is not None else [])),
+        *([TrajectorySaver(path / "checkpoints" / "trajectory", spec.train.trajectory_every)] if spec.train.trajectory_every else []),
+        *([snapshots] if snapshots is not None else []),
         *(extra_callbacks or []),
     ]
     if not quiet:
@@ -289,10 +335,15 @@ def run(
     )
     if resume and trainer.scaler is not None and "scaler" in checkpoint:
         trainer.scaler.load_state_dict(checkpoint["scaler"])
+    if cluster is not None:  # DDP forward, epoch metrics averaged over ranks, stops agreed; callbacks on rank 0
+        cluster.attach(trainer, seed=spec.seed, compile=spec.train.compile,
+                       stop_every=spec.checks.every if spec.checks.monitors else None)
     started = time.perf_counter()
     state = trainer.fit(batches, spec.train.epochs, splits.val, state=state)
     if activity is not None:
         activity.remove()
+    if not main:  # rank 0 measures, writes the summary, findings and report, and shares the summary
+        return RunResult(path=path, summary=cluster.broadcast(None), model=model, splits=splits, rank=cluster.rank)
 
     summary: dict[str, Any] = {"name": spec.run_name}
     for split_name in ("train", "val", "test"):
@@ -315,12 +366,23 @@ def run(
         "parameters": sum(p.numel() for p in model.parameters()),
         **environment(device),
     })
+    if separation is not None:  # the perceptron's updates over the whole run (resumed segments too)
+        summary["mistakes"] = sum(r.get("mistakes", 0) for r in read_jsonl(path / "metrics.jsonl"))
+        summary["separated"] = str(state.stop_reason or "").startswith("separated")
+    if snapshots is not None:  # Huang et al. 2017: the snapshot ensemble against its last snapshot
+        summary["snapshot_ensemble"] = evaluate_snapshots(snapshots.folder, model, spec.loss, splits, keep=spec.train.snapshots)
+        if not quiet:
+            print(snapshot_line(summary["snapshot_ensemble"]), file=progress_stream or sys.stdout)
     (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     findings = _run_findings(spec, path, splits, findings if not resume else None,
                              monitors.guard if monitors is not None else None)
     summary["findings"] = {sev: sum(f.severity == sev for f in findings) for sev in ("error", "warning", "info")}
     (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    _write_report(path)
+    families.write_artifacts(spec, path, model, splits)  # reconstructions, vocabulary, generated text
+    if report:
+        _write_report(path)
+    if cluster is not None:
+        cluster.broadcast(summary)
     return RunResult(path=path, summary=summary, model=model, splits=splits, findings=findings)
 
 
@@ -388,6 +450,15 @@ def _run_findings(spec: Experiment, path: Path, splits: data_module.Splits,
         # the update-ratio and lr rules are first-order rules of thumb (CS231n's 1e-3 for SGD-like
         # steps); Newton sets its own step length and does not use the lr
         found = [f for f in found if f.id not in FIRST_ORDER_RULES]
+    if spec.loss == "perceptron":
+        # the perceptron criterion has no fixed scale (it grows with ||w||; from w = 0 the lr only scales
+        # w, never a decision) and its mistake-driven steps are exactly 0 on every correct example,
+        # so the update-ratio and lr rules of thumb and the loss-trend not_converged do not apply;
+        # a perceptron has converged when an epoch makes no mistake
+        found = [f for f in found if f.id not in (*FIRST_ORDER_RULES, "not_converged")]
+        unseparated = separation_finding(read_jsonl(path / "metrics.jsonl"),
+                                         json.loads((path / "summary.json").read_text()))
+        found += [unseparated] if unseparated is not None else []
     found = sort_findings(found)
     write_findings(path / "findings.json", found)
     _findings_to_tensorboard(path / "tb", found, int(json.loads((path / "summary.json").read_text())["steps"]))
@@ -421,6 +492,8 @@ def main_summary_lines(result: RunResult) -> list[str]:
         if f"{split}_loss" in s:
             acc = f"  accuracy {s[f'{split}_acc']:.2%}" if f"{split}_acc" in s else ""
             lines.append(f"{split:>5}: loss {s[f'{split}_loss']:.4f}{acc}")
+    if "snapshot_ensemble" in s:
+        lines.append(snapshot_line(s["snapshot_ensemble"]))
     lines.append(run_line(s))
     return lines
 
@@ -444,6 +517,13 @@ def summary_table(result: RunResult) -> Any:
     s = result.summary
     classification = any(f"{split}_acc" in s for split in ("train", "val", "test"))
     table = Table(title=f"{s.get('name', result.path.name)}: results", title_justify="left")
+    if "d_loss" in s:  # a GAN: its last epoch's adversarial figures (train/gan.py)
+        table.add_column("last epoch")
+        table.add_column("value", justify="right")
+        for key in ("d_loss", "g_loss", "d_real", "d_fake", "diversity"):
+            if key in s:
+                table.add_row(key, f"{s[key]:.4f}")
+        return table
     table.add_column("split")
     table.add_column("loss", justify="right")
     if classification:
