@@ -189,12 +189,6 @@ def optimizer_signature(saved: dict) -> str:
     return "sgd" if group.get("momentum") == 0 and not state else "unknown"
 
 
-@pytest.mark.parametrize("name", NOT_YET)
-def test_optimizers_not_written_yet_are_a_clear_error(name, tmp_path):
-    with pytest.raises(BabysitError, match="not available yet"):
-        train(make_spec(optimizer={"name": name}), tmp_path)
-
-
 def test_momentum_and_weight_decay_take_effect(tmp_path):
     spec = make_spec(optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.0}, train={"epochs": 3})
     plain = train(spec, tmp_path, "plain")

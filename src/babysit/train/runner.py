@@ -484,20 +484,6 @@ def _findings_to_tensorboard(log_dir: Path, findings: list[Any], step: int) -> N
         writer.add_text("findings", findings_markdown(findings), global_step=step)
 
 
-def main_summary_lines(result: RunResult) -> list[str]:
-    """The end of ``babysit train`` as plain lines (what :func:`summary_table` shows, for logs)."""
-    s = result.summary
-    lines = [f"run directory: {result.path}"]
-    for split in ("train", "val", "test"):
-        if f"{split}_loss" in s:
-            acc = f"  accuracy {s[f'{split}_acc']:.2%}" if f"{split}_acc" in s else ""
-            lines.append(f"{split:>5}: loss {s[f'{split}_loss']:.4f}{acc}")
-    if "snapshot_ensemble" in s:
-        lines.append(snapshot_line(s["snapshot_ensemble"]))
-    lines.append(run_line(s))
-    return lines
-
-
 def run_line(s: dict[str, Any]) -> str:
     """Epochs (and the best), steps, time, device, and how the run ended, in one line."""
     best = f" (best {s['best_epoch']})" if s.get("best_epoch") and s["best_epoch"] != s["epochs"] else ""
