@@ -638,8 +638,10 @@ def open_storage(url: str | None, out: Path) -> tuple[optuna.storages.BaseStorag
             return optuna.storages.get_storage(url), hide_password(url)
         except Exception as exc:  # noqa: BLE001 (sqlalchemy and drivers raise many kinds; the user needs one line)
             # processes starting together on an empty database race to create Optuna's tables: the
-            # loser gets an IntegrityError, and the tables are there when it tries again
-            if type(exc).__name__ == "IntegrityError" and attempt + 1 < STORAGE_ATTEMPTS:
+            # loser gets an IntegrityError (a duplicate row) or a ProgrammingError (PostgreSQL's
+            # DuplicateTable: 'relation ... already exists'), and the tables are there when it tries again
+            lost_race = type(exc).__name__ == "IntegrityError" or "already exists" in str(exc)
+            if lost_race and attempt + 1 < STORAGE_ATTEMPTS:
                 time.sleep(0.5 + random.random())
                 continue
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
