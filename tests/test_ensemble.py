@@ -31,7 +31,7 @@ from babysit.train.ensemble import (
     evaluate_ensemble,
     snapshot_files,
 )
-from babysit.train.runner import run
+from babysit.train.runner import run, run_line
 from helpers import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -176,7 +176,7 @@ SPIRALS = {
 }
 
 
-def test_snapshot_run_keeps_the_last_k_and_reports_them(tmp_path, capsys):
+def test_snapshot_run_keeps_the_last_k_and_reports_them(tmp_path):
     result = run(validate(SPIRALS), out=tmp_path / "run", quiet=False)
     folder = tmp_path / "run" / "checkpoints" / "snapshots"
     files = snapshot_files(folder)
@@ -189,7 +189,7 @@ def test_snapshot_run_keeps_the_last_k_and_reports_them(tmp_path, capsys):
     # the run ends with a cycle, early stopping is off: the last snapshot is the final model
     for key in ("val_loss", "val_acc", "test_loss", "test_acc"):
         assert scores["last_snapshot"][key] == pytest.approx(result.summary[key], abs=1e-6)
-    assert "snapshot ensemble of 2: test accuracy" in capsys.readouterr().out
+    assert "snapshot ensemble of 2: test accuracy" in run_line(result.summary)  # what babysit train prints
     assert "snapshot ensemble of 2: test accuracy" in (tmp_path / "run" / "report.html").read_text()
 
 

@@ -371,8 +371,6 @@ def run(
         summary["separated"] = str(state.stop_reason or "").startswith("separated")
     if snapshots is not None:  # Huang et al. 2017: the snapshot ensemble against its last snapshot
         summary["snapshot_ensemble"] = evaluate_snapshots(snapshots.folder, model, spec.loss, splits, keep=spec.train.snapshots)
-        if not quiet:
-            print(snapshot_line(summary["snapshot_ensemble"]), file=progress_stream or sys.stdout)
     (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     findings = _run_findings(spec, path, splits, findings if not resume else None,
                              monitors.guard if monitors is not None else None)
@@ -485,13 +483,16 @@ def _findings_to_tensorboard(log_dir: Path, findings: list[Any], step: int) -> N
 
 
 def run_line(s: dict[str, Any]) -> str:
-    """Epochs (and the best), steps, time, device, and how the run ended, in one line."""
+    """Epochs (and the best), steps, time, device, and how the run ended, in one line (and the
+    snapshot ensemble against its last snapshot on a second, when the run kept snapshots)."""
     best = f" (best {s['best_epoch']})" if s.get("best_epoch") and s["best_epoch"] != s["epochs"] else ""
     line = f"{s['epochs']} epochs{best}, {s['steps']} steps in {s['wall_time_s']:.1f} s on {s['device']}"
     if s.get("diverged"):
         line += "; diverged"
     elif s.get("stop_reason"):
         line += f"; stopped: {s['stop_reason']}"
+    if s.get("snapshot_ensemble"):
+        line += "\n" + snapshot_line(s["snapshot_ensemble"])
     return line
 
 
