@@ -61,14 +61,20 @@ def _grid(surface: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return aa, bb, np.clip(surface.losses.numpy(), None, np.finfo(np.float64).max)
 
 
+def _contours(ax: Any, aa: np.ndarray, bb: np.ndarray, zz: np.ndarray) -> Any:
+    """Filled contours of the loss with thin white level lines; returns the filled set (for a colour bar)."""
+    levels = _levels(zz)
+    filled = ax.contourf(aa, bb, zz, levels=levels, cmap="viridis")
+    ax.contour(aa, bb, zz, levels=levels, colors="white", linewidths=0.4, alpha=0.5)
+    return filled
+
+
 def surface_figure(surface: Any, title: str = "", axis_names: tuple[str, str] = ("direction 1", "direction 2")) -> Figure:
     """A 2D :class:`~babysit.landscape.surface.LossSurface` as contours and a 3D surface."""
     aa, bb, zz = _grid(surface)
     fig = Figure(figsize=(11, 4.6), layout="constrained")
     ax = fig.add_subplot(1, 2, 1)
-    levels = _levels(zz)
-    filled = ax.contourf(aa, bb, zz, levels=levels, cmap="viridis")
-    ax.contour(aa, bb, zz, levels=levels, colors="white", linewidths=0.4, alpha=0.5)
+    filled = _contours(ax, aa, bb, zz)
     ax.plot([0.0], [0.0], marker="*", color="red", markersize=12, label=f"trained weights (loss {surface.center_loss:.4g})")
     ax.set_xlabel(axis_names[0])
     ax.set_ylabel(axis_names[1])
@@ -171,12 +177,9 @@ def trajectory_figure(surface: Any, coordinates: Tensor, steps: Sequence[int],
                       explained: Sequence[float]) -> Figure:
     """Contours along the top two PCA directions of the saved trajectory, the path of the
     snapshots drawn over them (Li et al. 2018, figure 9)."""
-    aa, bb, zz = _grid(surface)
     fig = Figure(figsize=(6.5, 5.4), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
-    levels = _levels(zz)
-    filled = ax.contourf(aa, bb, zz, levels=levels, cmap="viridis")
-    ax.contour(aa, bb, zz, levels=levels, colors="white", linewidths=0.4, alpha=0.5)
+    filled = _contours(ax, *_grid(surface))
     path = np.asarray(coordinates)
     ax.plot(path[:, 0], path[:, 1], color="red", marker="o", markersize=3, linewidth=1.2, label="training path")
     ax.annotate(f"step {steps[0]}", path[0], fontsize=8, color="white")

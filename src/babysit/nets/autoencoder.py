@@ -43,8 +43,8 @@ from torch import nn
 
 from babysit.config import ModelSpec
 from babysit.errors import BabysitError
-from babysit.nets.cnn import conv_stage
-from babysit.nets.layers import CONV, activation, conv_layout, dry_run, norm_layer, parametrize
+from babysit.nets.cnn import conv_stages
+from babysit.nets.layers import CONV, activation, conv_layout, norm_layer, parametrize
 from babysit.nets.mlp import HiddenLayer
 
 
@@ -57,17 +57,9 @@ class Encoder(nn.Module):
         self.convolutional = spec.backbone == "cnn"
         if self.convolutional:
             self.conv_shape = conv_layout(input_shape, spec.kind)  # (C, L) or (C, H, W)
-            probe = torch.zeros(1, *self.conv_shape)
-            self.shapes = [tuple(probe.shape[1:])]  # feature-map shape before each stage, then after the last
-            stages = []
-            for index, width in enumerate(spec.channels, start=1):
-                kernel = spec.kernel_size if index == 1 else min(spec.kernel_size, 3)
-                stage = conv_stage(probe.shape[1], width, kernel, tuple(probe.shape[2:]), spec, index)
-                probe = dry_run(stage, probe)  # (1, width, *smaller spatial)
-                stages.append(stage)
-                self.shapes.append(tuple(probe.shape[1:]))
-            self.features = nn.Sequential(*stages)
-            width = probe[0].numel()
+            # self.shapes: the feature-map shape before each stage, then after the last
+            self.features, self.shapes = conv_stages(spec, self.conv_shape)
+            width = math.prod(self.shapes[-1])
         else:
             width = math.prod(input_shape)
             layers = []

@@ -25,6 +25,8 @@ The Linear's input size is read off a dry forward pass on a zero tensor at build
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -67,6 +69,29 @@ def conv_stage(
     return nn.Sequential(*[m for m in modules if m is not None])
 
 
+def conv_stages(spec: ModelSpec, conv_shape: tuple[int, ...]) -> tuple[nn.Sequential, list[tuple[int, ...]]]:
+    """One :func:`conv_stage` per width in ``spec.channels`` (the first with ``spec.kernel_size``,
+    the rest with at most 3) for inputs of ``conv_shape``; returns the stages and the feature-map
+    shape before each stage and after the last (found by a dry run).
+
+    Example
+    -------
+    >>> _, shapes = conv_stages(ModelSpec(kind="cnn", channels=[4, 8]), (1, 8, 8))
+    >>> shapes[0], shapes[-1][0]
+    ((1, 8, 8), 8)
+    """
+    probe = torch.zeros(1, *conv_shape)
+    shapes = [tuple(probe.shape[1:])]
+    stages = []
+    for index, width in enumerate(spec.channels, start=1):
+        kernel = spec.kernel_size if index == 1 else min(spec.kernel_size, 3)
+        stage = conv_stage(probe.shape[1], width, kernel, tuple(probe.shape[2:]), spec, index)
+        probe = dry_run(stage, probe)  # (1, width, *smaller spatial)
+        stages.append(stage)
+        shapes.append(tuple(probe.shape[1:]))
+    return nn.Sequential(*stages), shapes
+
+
 class ConvNet(nn.Module):
     """Conv stages -> flatten -> Linear; see the module docstring.
 
@@ -80,15 +105,8 @@ class ConvNet(nn.Module):
     def __init__(self, spec: ModelSpec, input_shape: tuple[int, ...], output_dim: int):
         super().__init__()
         self.conv_shape = conv_layout(input_shape, spec.kind)  # (C, L) or (C, H, W)
-        probe = torch.zeros(1, *self.conv_shape)
-        stages = []
-        for index, width in enumerate(spec.channels, start=1):
-            kernel = spec.kernel_size if index == 1 else min(spec.kernel_size, 3)
-            stage = conv_stage(probe.shape[1], width, kernel, tuple(probe.shape[2:]), spec, index)
-            probe = dry_run(stage, probe)  # (1, width, *smaller spatial)
-            stages.append(stage)
-        self.features = nn.Sequential(*stages)
-        self.head = parametrize(nn.Linear(probe[0].numel(), output_dim), spec.norm)
+        self.features, shapes = conv_stages(spec, self.conv_shape)
+        self.head = parametrize(nn.Linear(math.prod(shapes[-1]), output_dim), spec.norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.reshape(x.shape[0], *self.conv_shape)  # (B, *input_shape) -> (B, C, *spatial)

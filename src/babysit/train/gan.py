@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from babysit.checks.findings import Finding
+from babysit.checks.findings import PREFLIGHT_IDS, Finding
 from babysit.config import Experiment
 from babysit.errors import BabysitError
 from babysit.train import families
@@ -406,15 +406,12 @@ def run_gan(spec: Experiment, out: str | Path | None = None, *, resume: bool = F
         checkpoint = load_checkpoint(path / "checkpoints" / "last.pt", map_location="cpu")
         model.load_state_dict(checkpoint["model"])
         opts.load_state_dict(checkpoint["optimizer"])
-        loop = checkpoint["loop"]
-        state = LoopState(epoch=loop["epoch"], step=loop["step"], stop=loop["stop"],
-                          stop_reason=loop["stop_reason"], elapsed=loop["elapsed"], logs=dict(loop["logs"]))
+        state = LoopState.from_checkpoint(checkpoint["loop"])
         generator.set_state(checkpoint["generator"])
         set_rng_state(checkpoint["rng"])
         truncate_metrics(path / "metrics.jsonl", state.step)
         preflight_found = [Finding(**f) for f in runner.read_jsonl_list(path / "findings.json")
-                           if f["id"] in ("initial_loss_off", "gradient_check_failed", "cannot_overfit_tiny_subset",
-                                          "inputs_not_normalized", "symmetric_init", "batch_mixing")]
+                           if f["id"] in PREFLIGHT_IDS]
         findings = preflight_found
 
     metrics = MetricsLogger(path / "metrics.jsonl", spec.train.log_every)

@@ -52,6 +52,12 @@ class LoopState:
     logs: dict[str, float] = field(default_factory=dict)  # the last epoch's metrics
     elapsed: float = 0.0  # training wall time in seconds, summed over resumed segments
 
+    @classmethod
+    def from_checkpoint(cls, loop: dict[str, Any]) -> LoopState:
+        """The state a checkpoint's ``"loop"`` entry saved (see ``Checkpointer``), to resume from."""
+        return cls(epoch=loop["epoch"], step=loop["step"], stop=loop["stop"], stop_reason=loop["stop_reason"],
+                   elapsed=loop["elapsed"], logs=dict(loop["logs"]))
+
 
 class Callback:
     """Hooks the loop calls; override the ones you need."""

@@ -289,9 +289,7 @@ def run(
         optimizer.load_state_dict(checkpoint["optimizer"])
         if checkpoint.get("schedule") is not None:
             schedule.load_state_dict(checkpoint["schedule"])
-        loop = checkpoint["loop"]
-        state = LoopState(epoch=loop["epoch"], step=loop["step"], stop=loop["stop"],
-                          stop_reason=loop["stop_reason"], elapsed=loop["elapsed"], logs=dict(loop["logs"]))
+        state = LoopState.from_checkpoint(checkpoint["loop"])
         generator.set_state(checkpoint["generator"])
         set_rng_state(checkpoint["rng"])
         if main and checkpoint.get("early_stopping") is not None:
