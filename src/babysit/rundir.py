@@ -1,0 +1,299 @@
+"""The run directory: its names, its writes and its reads, in one place.
+
+Every file babysit leaves (a run's ``runs/<name>/``, a search, a study, an ensemble, a
+landscape) goes through this module:
+
+- **names**: :func:`next_free` gives ``base``, else ``base-2``, ``base-3``... (a new run never
+  overwrites an old one);
+- **atomic writes**: :func:`atomic_write` writes a temporary file in the same folder, flushes
+  it to disk and renames it over the target (``os.replace`` is atomic on POSIX), so a reader,
+  or a run killed at any moment, sees the old file or the whole new one, never half;
+- **one JSON policy**: :func:`jsonable` turns tensors and numpy numbers into Python numbers
+  and every NaN or infinity into ``null`` (strict JSON has neither), and
+  :func:`write_json` / :func:`json_line` always apply it;
+- **tolerant reads**: :func:`read_jsonl` skips a line cut short by a kill, :func:`read_json`
+  gives a default for a missing or damaged file;
+- **one reader**: :func:`read_run` returns a :class:`RunFiles`, what the report, compare,
+  landscape, ensemble and sample read of a run (the spec, curves, monitor records, summary,
+  findings, landscape and checkpoints).
+
+It imports nothing of babysit but its errors and the spec, so every layer may use it.
+
+Example
+-------
+>>> import tempfile, pathlib
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> write_json(folder / "summary.json", {"loss": float("nan"), "steps": 3})
+>>> read_json(folder / "summary.json")
+{'loss': None, 'steps': 3}
+>>> next_free(folder / "run").name
+'run'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from babysit.errors import BabysitError
+
+# --------------------------------------------------------------------------- names
+
+
+def next_free(base: str | Path, taken: Callable[[Path], bool] | None = None) -> Path:
+    """``base`` when it is free, else ``base-2``, ``base-3``...: the first name not ``taken``
+    (by default: that exists).
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> (root / "mlp").mkdir()
+    >>> next_free(root / "mlp").name
+    'mlp-2'
+    """
+    base = Path(base)
+    taken = taken or Path.exists
+    path, n = base, 1
+    while taken(path):
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def is_run(path: Path) -> bool:
+    """A run directory is one that holds a config.yaml."""
+    return (path / "config.yaml").exists()
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb", *, durable: bool = False) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` for writing (``mode`` 'wb' or 'w') and rename it
+    over ``path`` when the block ends without an exception (otherwise it is removed).
+    ``durable`` also flushes it to disk first (checkpoints: survive a power cut, not only a kill).
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+    >>> with atomic_write(target, "w") as handle:
+    ...     _ = handle.write("whole")
+    >>> target.read_text()
+    'whole'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
+            yield handle
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically; returns ``path``."""
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns ``path``."""
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def save_npz(path: str | Path, **arrays: Any) -> None:
+    """Write numpy ``arrays`` to ``path`` as .npz atomically (a file object: numpy appends no '.npz')."""
+    import numpy as np
+
+    with atomic_write(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as strict JSON can hold it: tensors, numpy arrays and numbers as Python
+    lists and numbers, tuples as lists, keys as strings, and NaN / inf as None (``null``).
+
+    Example
+    -------
+    >>> jsonable({"a": float("inf"), 1: (2.0, float("nan"))})
+    {'a': None, '1': [2.0, None]}
+    """
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str | int | bool) or value is None:
+        return value
+    if hasattr(value, "tolist"):  # torch tensors, numpy arrays and numpy scalars
+        return jsonable(value.tolist())
+    return value
+
+
+def dumps(value: Any, indent: int | None = None) -> str:
+    """``value`` as strict JSON text under :func:`jsonable`'s policy."""
+    return json.dumps(jsonable(value), indent=indent, allow_nan=False)
+
+
+def json_line(value: Any) -> str:
+    """One JSON Lines record (no newline) under the policy."""
+    return json.dumps(jsonable(value), allow_nan=False)
+
+
+def write_json(path: str | Path, value: Any, indent: int | None = 2) -> None:
+    """Write ``value`` as JSON to ``path`` atomically, NaN and inf as null."""
+    write_text(path, dumps(value, indent) + "\n")
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    """The JSON value in ``path``; ``default`` when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def read_json_list(path: str | Path) -> list[Any]:
+    """A JSON list file (findings.json); [] when missing, unreadable or not a list."""
+    value = read_json(path, [])
+    return value if isinstance(value, list) else []
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON Lines file, one per line; a line cut short by a kill (or
+    otherwise unreadable) is skipped; [] when the file is missing.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "metrics.jsonl"
+    >>> _ = f.write_text('{"step": 1}\\n{"step": 2}\\n{"ste')
+    >>> read_jsonl(f)
+    [{'step': 1}, {'step': 2}]
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def truncate_jsonl(path: str | Path, last_step: int) -> None:
+    """Drop the records of ``path`` logged after ``last_step`` (and a line cut short by a
+    kill): on resume, the steps after the checkpoint are trained again and logged anew."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step]
+    write_text(path, "".join(json_line(r) + "\n" for r in kept))
+
+
+# --------------------------------------------------------------------------- the reader
+
+
+@dataclass
+class RunFiles:
+    """What a run directory holds; missing files are empty (see :func:`read_run`)."""
+
+    path: Path
+    config_text: str
+    spec: dict[str, Any]
+    history: list[dict[str, Any]]  # metrics.jsonl's epoch records
+    records: list[dict[str, Any]]  # monitors.jsonl's per-layer samples
+    summary: dict[str, Any]
+    findings: list[dict[str, Any]]
+    landscape: dict[str, Any] | None = None
+    landscape_figures: list[Path] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.spec.get("name") or self.summary.get("name") or self.path.name)
+
+    def checkpoint(self) -> Path | None:
+        """The weights to use: ``best.pt`` (early stopping's best), else ``last.pt``; None when neither."""
+        return next((p for p in (self.path / "checkpoints" / "best.pt", self.path / "checkpoints" / "last.pt")
+                     if p.is_file()), None)
+
+    def experiment(self) -> Any:
+        """The resolved spec as a validated :class:`babysit.config.Experiment`."""
+        from babysit import config
+
+        return config.load(self.path / "config.yaml")
+
+
+def require_run(run_dir: str | Path) -> Path:
+    """``run_dir`` as a Path; one without a config.yaml is a BabysitError."""
+    path = Path(run_dir)
+    if not (path / "config.yaml").is_file():
+        raise BabysitError(f"{path}: not a run directory (no config.yaml); train one with babysit train")
+    return path
+
+
+def read_run(run_dir: str | Path) -> RunFiles:
+    """Read a run directory; one that has no config.yaml is a BabysitError.
+
+    Example
+    -------
+    >>> read_run("/nonexistent/run")
+    Traceback (most recent call last):
+    ...
+    babysit.errors.BabysitError: /nonexistent/run: not a run directory (no config.yaml); train one with babysit train
+    """
+    path = require_run(run_dir)
+    config_text = (path / "config.yaml").read_text(encoding="utf-8", errors="replace")
+    try:
+        spec = yaml.safe_load(config_text) or {}
+    except yaml.YAMLError:
+        raise BabysitError(f"{path / 'config.yaml'}: not valid YAML") from None
+    if not isinstance(spec, dict):
+        raise BabysitError(f"{path / 'config.yaml'}: not a spec (a YAML mapping)")
+    summary = read_json(path / "summary.json", {})
+    landscape = read_json(path / "landscape.json") if (path / "landscape.json").exists() else None
+    return RunFiles(
+        path=path,
+        config_text=config_text,
+        spec=spec,
+        history=[r for r in read_jsonl(path / "metrics.jsonl") if "epoch" in r],
+        records=[r for r in read_jsonl(path / "monitors.jsonl") if isinstance(r.get("layers"), dict) and "step" in r],
+        summary=summary if isinstance(summary, dict) else {},
+        findings=[f for f in read_json_list(path / "findings.json") if isinstance(f, dict) and "id" in f],
+        landscape=landscape if isinstance(landscape, dict) else ({"value": landscape} if landscape is not None else None),
+        landscape_figures=sorted((path / "figures").glob("*.png")) if (path / "figures").is_dir() else [],
+    )
+
+
+__all__ = ["RunFiles", "atomic_write", "dumps", "is_run", "json_line", "jsonable", "next_free", "read_json",
+           "read_json_list", "read_jsonl", "read_run", "require_run", "save_npz", "truncate_jsonl",
+           "write_bytes", "write_json", "write_text"]
