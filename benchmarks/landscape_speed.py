@@ -43,7 +43,7 @@ from torch import Tensor, nn
 import babysit
 from babysit import config, landscape
 from babysit.landscape import HessianOperator
-from babysit.train.runner import run
+from babysit.run import run
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES, NAIVE_BATCH = 1000, 100

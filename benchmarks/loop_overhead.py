@@ -97,7 +97,7 @@ def babysit_loop(spec: config.Experiment, splits: data.Splits, folder: Path,
     early = EarlyStopping("val_loss", patience=None)
     metrics = MetricsLogger(folder / "metrics.jsonl")
     monitors = monitored(folder) if monitored is not None else None
-    callbacks: list[Callback] = [  # as babysit.train.runner.run sets them up, less the progress bar
+    callbacks: list[Callback] = [  # as babysit.run.run sets them up, less the progress bar
         metrics,
         TensorBoardLogger(folder / "tb", monitors=monitors),
         *([monitors] if monitors is not None else []),

@@ -29,8 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from babysit import config, data  # noqa: E402
 from babysit.checks.preflight import preflight  # noqa: E402
+from babysit.families.standard import preflight_inputs  # noqa: E402
+from babysit.run import prepare  # noqa: E402
 from babysit.train.callbacks import MonitorCallback  # noqa: E402
-from babysit.train.runner import preflight_inputs, prepare  # noqa: E402
 from loop_overhead import babysit_loop, make_spec  # noqa: E402
 
 REPEATS = {"mlp": 12, "cnn": 10}
@@ -84,7 +85,8 @@ COLD = """
 import time, sys
 from babysit import config
 from babysit.checks.preflight import preflight
-from babysit.train.runner import preflight_inputs, prepare
+from babysit.families.standard import preflight_inputs  # noqa: E402
+from babysit.run import prepare
 spec = config.load(sys.argv[1])
 _, splits, model, loss_fn = prepare(spec)
 start = time.perf_counter()

@@ -15,9 +15,9 @@ from sklearn.decomposition import PCA
 from babysit import config, data
 from babysit.config import ModelSpec
 from babysit.errors import BabysitError
+from babysit.families import family_of
 from babysit.nets import build
-from babysit.train.families import adapt_splits
-from babysit.train.runner import run
+from babysit.run import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -41,7 +41,7 @@ def test_both_backbones_map_inputs_to_a_code_and_back(backbone, shape):
 def test_targets_are_the_inputs_and_the_loss_defaults_to_mse():
     spec = config.load(None, ["model.kind=autoencoder", "data.source=digits"])
     assert spec.loss == "mse"
-    splits = adapt_splits(spec, data.load(spec.data, spec.seed))
+    splits = family_of(spec).adapt(spec, data.load(spec.data, spec.seed))
     assert splits.task == "regression" and splits.target_dim == 64 and splits.num_classes is None
     for split in (splits.train, splits.val, splits.test):
         assert torch.equal(split.y, split.x)

@@ -19,7 +19,7 @@ from babysit.checks import diagnose as rules
 from babysit.checks.diagnose import diagnose, diagnose_run
 from babysit.checks.findings import Finding
 from babysit.errors import BabysitError
-from babysit.train.runner import run
+from babysit.run import run
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 LN10 = math.log(10)

@@ -17,8 +17,8 @@ import torch
 from babysit import config
 from babysit.data.batching import Batches
 from babysit.errors import BabysitError
+from babysit.run import run
 from babysit.train.distributed import check_batch_size, start
-from babysit.train.runner import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,7 +34,7 @@ TIMEOUT_S = 300
 DRIVER = """
 import sys, torch
 from babysit import config
-from babysit.train.runner import run
+from babysit.run import run
 out, dump = sys.argv[1], sys.argv[2]
 result = run(config.load(None, sys.argv[3:]), out, quiet=True)
 torch.save({k: v.detach().clone() for k, v in result.model.state_dict().items()}, f"{dump}/rank{result.rank}.pt")

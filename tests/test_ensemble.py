@@ -22,16 +22,17 @@ from babysit.config import ScheduleSpec, validate
 from babysit.data import Split
 from babysit.errors import BabysitError
 from babysit.optim import losses, schedules
+from babysit.run import run
+from babysit.run.ensemble import ensemble_figure, ensemble_runs
+from babysit.run.summary import run_line
 from babysit.train import Callback, evaluate
 from babysit.train.checkpoint import load_checkpoint
 from babysit.train.ensemble import (
     combine_outputs,
     cycle_end_steps,
-    ensemble_runs,
     evaluate_ensemble,
     snapshot_files,
 )
-from babysit.train.runner import run, run_line
 from helpers import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -360,7 +361,6 @@ def test_snapshot_ensemble_beats_its_last_snapshot_on_mnist1d(tmp_path):
 def _snapshot_figure(scores: dict, path: Path) -> Path:
     """The snapshot ensemble in the same bar chart as `babysit ensemble` draws."""
     from babysit.report.figures import png_bytes
-    from babysit.train.ensemble import ensemble_figure
 
     result = {"task": "classification", "combined": "snapshot ensemble (Huang et al. 2017)",
               "runs": [f"epoch {e}" for e in scores["epochs"]],

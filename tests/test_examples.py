@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from babysit import config
-from babysit.train.runner import run
+from babysit.run import run
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
 

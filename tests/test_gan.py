@@ -19,15 +19,16 @@ from babysit import config
 from babysit.config import ModelSpec
 from babysit.data.batching import Batches
 from babysit.errors import BabysitError
-from babysit.nets import build
-from babysit.train.gan import (
+from babysit.families.gan import (
     AdversarialOptimizers,
-    GANTrainer,
+    AdversarialStep,
     diversity,
     gan_findings,
     gan_preflight,
 )
-from babysit.train.runner import run
+from babysit.nets import build
+from babysit.run import run
+from babysit.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -66,9 +67,9 @@ def test_one_step_updates_each_network_with_its_own_gradient():
     opts = AdversarialOptimizers(torch.optim.SGD(gan.generator.parameters(), lr=0.1),
                                  torch.optim.SGD(gan.discriminator.parameters(), lr=0.05))
     x = torch.randn(8, 6)
-    trainer = GANTrainer(gan, opts, reference=x)
+    trainer = Trainer(gan, None, opts, step=AdversarialStep(gan, opts))
     torch.manual_seed(1)
-    trainer._train_epoch(Batches(x, torch.zeros(8), "full", None))
+    trainer._stepped_epoch(Batches(x, torch.zeros(8), "full", None))
 
     torch.manual_seed(1)
     z = before.noise(8)

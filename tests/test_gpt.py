@@ -20,7 +20,7 @@ from babysit.errors import BabysitError
 from babysit.nets import build
 from babysit.nets.gpt import CausalSelfAttention, generate
 from babysit.optim import losses
-from babysit.train.runner import run
+from babysit.run import run
 from helpers import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,10 +15,10 @@ from torch.func import functional_call
 
 import babysit
 from babysit import config, landscape
-from babysit.landscape.run import trajectory_files
 from babysit.report.figures import PNG_SIGNATURE
+from babysit.run import run
+from babysit.run.load import trajectory_files
 from babysit.train.checkpoint import load_checkpoint
-from babysit.train.runner import run
 from helpers import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -29,10 +29,11 @@ from babysit.checks.monitors import (
 )
 from babysit.checks.watch import watch
 from babysit.data.batching import Batches
+from babysit.run import run
+from babysit.rundir import read_jsonl
 from babysit.train.callbacks import Checkpointer, EarlyStopping, MonitorCallback
 from babysit.train.checkpoint import load_checkpoint
 from babysit.train.loop import Callback, Trainer
-from babysit.train.runner import read_jsonl, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

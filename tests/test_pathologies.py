@@ -19,7 +19,7 @@ import pytest
 
 from babysit import config
 from babysit.checks.findings import FINDINGS
-from babysit.train.runner import run
+from babysit.run import run
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
 DEEP10 = "model.hidden=[100,100,100,100,100,100,100,100,100,100]"

@@ -19,17 +19,13 @@ from sklearn.svm import SVC
 from babysit.config import Experiment, ModelSpec, validate
 from babysit.data.batching import Batches
 from babysit.errors import BabysitError
+from babysit.families.perceptron import SeparationStop
 from babysit.nets import build
 from babysit.nets.perceptron import FourierBasis, PolynomialBasis, polynomial_features
 from babysit.optim import losses
-from babysit.optim.perceptron import (
-    PerceptronCriterion,
-    SeparationStop,
-    novikoff_bound,
-    target_signs,
-)
+from babysit.optim.perceptron import PerceptronCriterion, novikoff_bound, target_signs
+from babysit.run import run
 from babysit.train import Trainer
-from babysit.train.runner import run
 from helpers import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

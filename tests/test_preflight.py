@@ -20,9 +20,10 @@ from babysit import config, data, nets
 from babysit.checks import ALL, FINDINGS, Finding, preflight, write_findings
 from babysit.checks.preflight import OVERFIT_STEPS
 from babysit.config import ModelSpec
+from babysit.families import family_of
+from babysit.families.gan import gan_preflight
+from babysit.families.standard import per_token
 from babysit.optim import losses
-from babysit.train.families import adapt_splits, per_token
-from babysit.train.gan import gan_preflight
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
 DESIGN_IDS = [
@@ -31,7 +32,7 @@ DESIGN_IDS = [
     "loss_exploded", "nonfinite_loss", "dead_relu", "saturated_activations",
     "activation_collapse", "vanishing_gradients", "exploding_gradients", "update_ratio_high",
     "update_ratio_low", "overfitting", "underfitting", "lr_too_high", "lr_too_low", "not_converged",
-    "discriminator_wins", "mode_collapse",  # GAN rules (babysit.train.gan)
+    "discriminator_wins", "mode_collapse",  # GAN rules (babysit.families.gan)
 ]  # fmt: skip
 
 
@@ -130,7 +131,7 @@ def _example(path):
     spec = config.load(path) if path else config.Experiment()
     torch.manual_seed(spec.seed)
     splits = data.load(spec.data, spec.seed)
-    splits = adapt_splits(spec, splits)  # an autoencoder's targets are its inputs
+    splits = family_of(spec).adapt(spec, splits)  # an autoencoder's targets are its inputs
     out = losses.output_dim(spec.loss, splits.task, splits.num_classes, splits.target_dim)
     net = nets.build(spec.model, splits.input_shape, out)
     loss_fn = losses.build_loss(spec.loss, splits.task, splits.num_classes, per_token=per_token(splits))

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from babysit import config
-from babysit import data as data_module
 from babysit.checks.monitors import Monitor
 from babysit.config import ModelSpec, validate
 from babysit.data.batching import Batches
@@ -22,8 +21,8 @@ from babysit.errors import BabysitError
 from babysit.nets import build
 from babysit.nets.recurrent import _to_sequence, sequence_layout
 from babysit.optim import losses
+from babysit.run import prepare, run
 from babysit.train import Trainer
-from babysit.train.runner import build_model, run, seed_everything
 from helpers import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -128,9 +127,7 @@ def test_gradient_clipping_is_on_by_default_and_bounds_the_step(tmp_path):
                      "model": {"kind": "rnn", "hidden": [16]}, "loss": "hinge",
                      "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.0},
                      "train": {"epochs": 1, "device": "cpu"}, "checks": {"preflight": False, "monitors": False}})
-    seed_everything(spec.seed)
-    splits = data_module.load(spec.data, spec.seed)
-    start = build_model(spec, splits)
+    _, splits, start, _ = prepare(spec)
     losses.build_loss(spec.loss, splits.task, splits.num_classes)(start(splits.train.x), splits.train.y).backward()
     raw = torch.cat([p.grad.flatten() for p in start.parameters()])
     assert raw.norm() > 2  # so the clip is what sets the step's length

@@ -23,7 +23,7 @@ from babysit.checks.findings import FINDINGS
 from babysit.report import compare, render
 from babysit.report.figures import PNG_SIGNATURE, png_bytes
 from babysit.report.html import data_uri, differing_keys
-from babysit.train.runner import run
+from babysit.run import run
 from helpers import FAST, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

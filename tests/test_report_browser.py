@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from babysit import config
-from babysit.train.runner import run
+from babysit.run import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

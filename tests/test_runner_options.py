@@ -22,8 +22,8 @@ from babysit.config import Experiment, validate
 from babysit.errors import BabysitError
 from babysit.optim import losses
 from babysit.optim.optimizers import AVAILABLE, NOT_YET, weight_matrices
+from babysit.run import prepare, run
 from babysit.train import Callback, evaluate
-from babysit.train.runner import build_model, run, seed_everything
 
 # --------------------------------------------------------------------------- helpers
 
@@ -67,9 +67,8 @@ def train(spec: Experiment, tmp_path, name: str = "run"):
 
 def initial_model(spec: Experiment) -> tuple[nn.Module, data_module.Splits]:
     """The network exactly as ``run`` initialises it: same seeding, same data load, same build."""
-    seed_everything(spec.seed)
-    splits = data_module.load(spec.data, spec.seed)
-    return build_model(spec, splits), splits
+    _, splits, model, _ = prepare(spec)
+    return model, splits
 
 
 def flat_parameters(model: nn.Module) -> torch.Tensor:

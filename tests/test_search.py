@@ -34,7 +34,8 @@ from babysit import config
 from babysit import data as data_module
 from babysit.config import SearchDistribution, parse_distribution
 from babysit.errors import BabysitError
-from babysit.train.runner import read_jsonl, run
+from babysit.run import run
+from babysit.rundir import read_jsonl
 from babysit.tune.search import (
     DivergencePruner,
     TrialSeededRandomSampler,

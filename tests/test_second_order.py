@@ -18,7 +18,7 @@ from babysit.errors import BabysitError
 from babysit.optim import build_optimizer
 from babysit.optim.newton import MAX_PARAMETERS, Newton
 from babysit.optim.quickprop import Quickprop, _quickprop_step
-from babysit.train.runner import run
+from babysit.run import run
 from helpers import FAST, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -21,6 +21,8 @@ from babysit import config
 from babysit.checks.findings import findings_markdown
 from babysit.data import Split
 from babysit.data.batching import Batches
+from babysit.run import run
+from babysit.rundir import read_jsonl
 from babysit.train.callbacks import (
     TENSORBOARD_STATISTICS,
     EarlyStopping,
@@ -30,7 +32,6 @@ from babysit.train.callbacks import (
     masked_crc32c,
 )
 from babysit.train.loop import Trainer
-from babysit.train.runner import read_jsonl, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,9 +15,9 @@ from babysit.config import validate
 from babysit.data import Split
 from babysit.data.batching import Batches
 from babysit.errors import BabysitError
+from babysit.run import run
 from babysit.train import Callback, Trainer, evaluate, load_checkpoint, save_checkpoint
 from babysit.train.callbacks import EarlyStopping
-from babysit.train.runner import run
 
 
 def tiny_problem(n=128, seed=0):

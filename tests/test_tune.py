@@ -21,7 +21,7 @@ from torch import nn
 from babysit import config
 from babysit.errors import BabysitError
 from babysit.optim.optimizers import build_optimizer
-from babysit.train.runner import prepare
+from babysit.run import prepare
 from babysit.tune import (
     BatchFindResult,
     LRFindResult,
@@ -91,7 +91,7 @@ def test_training_at_the_suggestion_reaches_the_example_accuracy(mnist1d_results
     so the bars are 1 point under the published MNIST-1D MLP baseline (about 68%) and 4 points
     of the hand-picked rate on the same seed.
     """
-    from babysit.train.runner import run
+    from babysit.run import run
 
     lr = format_lr(mnist1d_results[0].suggestion)
     suggested = run(config.load(EXAMPLE, [f"optimizer.lr={lr}"]), out=tmp_path / "suggested", quiet=True)

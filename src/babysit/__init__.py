@@ -22,7 +22,7 @@ def __getattr__(name: str) -> Any:
 
         return watch
     if name == "load_run":
-        from babysit.landscape.run import load_run
+        from babysit.run.load import load_run
 
         return load_run
     raise AttributeError(f"module 'babysit' has no attribute {name!r}")

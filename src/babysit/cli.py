@@ -83,7 +83,8 @@ def train(
       babysit train examples/mnist1d-cnn.yaml --out runs/cnn --resume
     """
     from babysit import config
-    from babysit.train.runner import run, run_line, summary_table
+    from babysit.run import run
+    from babysit.run.summary import run_line, summary_table
 
     spec_path, overrides = _split_spec_and_overrides(args or [])
     if resume and spec_path is None and out is not None:
@@ -143,18 +144,13 @@ def check(
     """
     from babysit import config
     from babysit.checks.findings import finding_lines
-    from babysit.checks.preflight import preflight
-    from babysit.train.runner import preflight_inputs, prepare
+    from babysit.families import family_of
+    from babysit.run import prepare
 
     spec_path, overrides = _split_spec_and_overrides(args or [])
     spec = config.load(spec_path, overrides)
-    _, splits, model, loss_fn = prepare(spec, two_networks=True)
-    if spec.model.kind == "gan":  # the discriminator as a real/fake classifier, the generator through it
-        from babysit.train.gan import gan_preflight
-
-        findings = gan_preflight(model, splits.train.x, spec.seed)
-    else:
-        findings = preflight(model, loss_fn, **preflight_inputs(spec, splits))
+    _, splits, model, loss_fn = prepare(spec, two_networks=True)  # the family's refusals, as babysit train's
+    findings = family_of(spec).preflight(spec, model, loss_fn, splits)
     for line in finding_lines(findings) or ["preflight: no problems found"]:
         typer.echo(line)
     if any(f.severity == "error" for f in findings):
@@ -398,7 +394,7 @@ def ensemble(
 
       babysit ensemble runs/mlp-0 runs/mlp-1 runs/mlp-2 runs/mlp-3 runs/mlp-4
     """
-    from babysit.train.ensemble import (
+    from babysit.run.ensemble import (
         ensemble_directory,
         ensemble_lines,
         ensemble_runs,
@@ -487,7 +483,7 @@ def sample(
 
       babysit sample runs/text-gpt --prompt "When" --temperature 0.5 --top-k 10 --seed 3
     """
-    from babysit.train.families import sample_text
+    from babysit.families.language import sample_text
 
     typer.echo(sample_text(run_dir, prompt, tokens, temperature=temperature, top_k=top_k, seed=seed))
 

@@ -36,6 +36,10 @@ Init = Literal["zeros", "normal", "uniform", "lecun", "xavier", "kaiming", "orth
 LossName = Literal["mse", "mae", "cross_entropy", "nll", "bce", "hinge", "perceptron"]
 Basis = Literal["identity", "polynomial", "fourier"]
 RECURRENT_KINDS = ("rnn", "gru", "lstm")
+# CS231n, "babysitting the learning process": a loss above about 3x its initial value has
+# exploded. The one home of that factor: the monitors' guard (checks.explosion_factor's default),
+# babysit.watch, the search's divergence pruner and the studies all read it from here.
+EXPLOSION_FACTOR = 3.0
 OptimizerName = Literal[
     "sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "lbfgs",
     "newton", "quickprop", "perceptron",
@@ -193,7 +197,7 @@ class ChecksSpec(Section):
     preflight: bool = True
     monitors: bool = True
     every: int = Field(10, ge=1)
-    explosion_factor: float = Field(3.0, gt=1.0)
+    explosion_factor: float = Field(EXPLOSION_FACTOR, gt=1.0)
 
 
 class Experiment(Section):
@@ -592,6 +596,3 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
 def save(spec: Experiment, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
 
-
-def is_finite_number(value: float) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)

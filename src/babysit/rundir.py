@@ -75,6 +75,31 @@ def is_run(path: Path) -> bool:
     return (path / "config.yaml").exists()
 
 
+RUNS = Path("runs")  # where runs go by default, under the working directory
+
+
+def run_directory(name: str, out: str | Path | None, resume: bool) -> Path:
+    """The directory a run named ``name`` writes. ``out`` is the run directory itself; by
+    default ``runs/<name>``, with ``-2``, ``-3``... appended when that holds a run (a new run
+    never overwrites an old one). With ``resume`` and no ``out``, the newest ``runs/<name>*``
+    that has a checkpoint is continued."""
+    if out is not None:
+        path = Path(out)
+        if resume:
+            if not (path / "checkpoints" / "last.pt").exists():
+                raise BabysitError(f"{path}: no checkpoint to resume from (expected {path / 'checkpoints' / 'last.pt'})")
+        elif is_run(path):
+            raise BabysitError(f"{path}: a run is already there; pass --resume to continue it or choose another --out")
+        return path
+    if resume:
+        candidates = [p for p in RUNS.glob(f"{name}*") if (p / "checkpoints" / "last.pt").exists()
+                      and (p.name == name or p.name.removeprefix(name + "-").isdigit())]
+        if not candidates:
+            raise BabysitError(f"runs/{name}: no run to resume; train it first or pass --out RUN_DIR")
+        return max(candidates, key=lambda p: (p / "checkpoints" / "last.pt").stat().st_mtime)
+    return next_free(RUNS / name, taken=is_run)
+
+
 # --------------------------------------------------------------------------- atomic writes
 
 
@@ -295,5 +320,5 @@ def read_run(run_dir: str | Path) -> RunFiles:
 
 
 __all__ = ["RunFiles", "atomic_write", "dumps", "is_run", "json_line", "jsonable", "next_free", "read_json",
-           "read_json_list", "read_jsonl", "read_run", "require_run", "save_npz", "truncate_jsonl",
+           "read_json_list", "read_jsonl", "read_run", "require_run", "run_directory", "save_npz", "truncate_jsonl",
            "write_bytes", "write_json", "write_text"]

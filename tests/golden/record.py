@@ -63,7 +63,7 @@ def weights_hash(model: torch.nn.Module) -> str:
 
 def figures_of(case: str, out: Path) -> dict[str, object]:
     from babysit import config
-    from babysit.train.runner import run
+    from babysit.run import run
 
     spec_file, overrides = CASES[case]
     spec = config.load(EXAMPLES / spec_file, [*SHORT, *overrides])

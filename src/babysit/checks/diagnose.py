@@ -757,10 +757,7 @@ def _chance_and_task(spec: Any) -> tuple[float | None, str]:
         splits = data_module.load(spec.data, spec.seed)
     except (BabysitError, OSError, ValueError):
         return None, "classification"
-    chance_fn = getattr(losses, "chance_loss", None)
-    if chance_fn is None:
-        return None, splits.task
-    return chance_fn(spec.loss, splits.task, splits.num_classes, splits.train.y), splits.task
+    return losses.chance_loss(spec.loss, splits.task, splits.num_classes, splits.train.y), splits.task
 
 
 def diagnose_run(path: str | Path, *, chance_loss: float | None = None, task: str | None = None) -> list[Finding]:
@@ -774,7 +771,7 @@ def diagnose_run(path: str | Path, *, chance_loss: float | None = None, task: st
     -------
     >>> import tempfile
     >>> from babysit.config import Experiment
-    >>> from babysit.train.runner import run
+    >>> from babysit.run import run
     >>> spec = Experiment(data={"source": "spirals", "samples": 300}, model={"hidden": []},
     ...                   train={"epochs": 30, "device": "cpu"}, checks={"preflight": False})
     >>> folder = tempfile.mkdtemp() + "/run"

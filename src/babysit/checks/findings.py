@@ -48,13 +48,14 @@ FINDINGS: dict[str, str] = {
     "lr_too_high": "Learning rate too high",
     "lr_too_low": "Learning rate too low",
     "not_converged": "Not converged",
-    # GAN (babysit.train.gan): the adversarial game itself, read from its curves
+    # GAN (babysit.families.gan): the adversarial game itself, read from its curves
     "discriminator_wins": "Discriminator wins outright",
     "mode_collapse": "Mode collapse",
 }
 
-PREFLIGHT_IDS = ("initial_loss_off", "gradient_check_failed", "cannot_overfit_tiny_subset",
-                 "inputs_not_normalized", "symmetric_init", "batch_mixing")
+# the preflight checks' ids, in the order preflight runs them (checks/preflight.py)
+PREFLIGHT_IDS: tuple[str, ...] = ("inputs_not_normalized", "symmetric_init", "initial_loss_off", "batch_mixing",
+                                  "gradient_check_failed", "cannot_overfit_tiny_subset")
 SEVERITIES = ("info", "warning", "error")
 _RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 

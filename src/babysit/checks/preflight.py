@@ -41,19 +41,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize as torch_parametrize
 
-from babysit.checks.findings import Finding, sort_findings
+from babysit.checks.findings import PREFLIGHT_IDS, Finding, sort_findings
 from babysit.nets.layers import GaussianNoise, SignUnit
 from babysit.nets.perceptron import Perceptron
 from babysit.optim import losses as babysit_losses
 
-ALL: tuple[str, ...] = (
-    "inputs_not_normalized",
-    "symmetric_init",
-    "initial_loss_off",
-    "batch_mixing",
-    "gradient_check_failed",
-    "cannot_overfit_tiny_subset",
-)
+ALL: tuple[str, ...] = PREFLIGHT_IDS  # every check, in the order they run
 
 MAX_EXAMPLES = 512  # examples preflight looks at (statistics, initial loss)
 MAX_BATCHES = 4  # batches taken from an iterable ``data``

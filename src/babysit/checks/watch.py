@@ -34,14 +34,15 @@ import torch
 from torch import nn
 
 from babysit.checks.findings import Finding, sort_findings
-from babysit.checks.monitors import Monitor
+from babysit.checks.monitors import Monitor, monitor_line
+from babysit.config import EXPLOSION_FACTOR
 
 
 class Watch:
     """A running set of monitors on ``model`` and ``optimizer``; see :func:`watch`."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 10,
-                 explosion_factor: float = 3.0, path: str | Path | None = None):
+                 explosion_factor: float = EXPLOSION_FACTOR, path: str | Path | None = None):
         self.path = Path(path) if path is not None else None
         self._handle = None
         if self.path is not None:
@@ -51,8 +52,6 @@ class Watch:
                                sink=self._write if self._handle is not None else None)
 
     def _write(self, record: dict[str, Any]) -> None:
-        from babysit.train.callbacks import monitor_line
-
         assert self._handle is not None
         self._handle.write(monitor_line(record))
 
@@ -96,7 +95,7 @@ class Watch:
 
 
 def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 10,
-          explosion_factor: float = 3.0, path: str | Path | None = None) -> Watch:
+          explosion_factor: float = EXPLOSION_FACTOR, path: str | Path | None = None) -> Watch:
     """Watch a training loop of your own: a context manager whose ``.step(loss)`` records
     the monitors and whose ``.findings()`` diagnoses.
 

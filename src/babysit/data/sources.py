@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import numpy as np
 
 from babysit.config import DataSpec
 from babysit.errors import BabysitError
+from babysit.rundir import save_npz
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_FORMAT = 1  # bump when the cached arrays change meaning, so old caches are not reused
@@ -139,15 +139,7 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
 
 def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:  # a file object, so numpy does not append '.npz'
-                np.savez(f, **arrays)
-            os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_npz(path, **arrays)  # atomic: readers see the old file or the whole new one
     except OSError:
         pass  # a read-only cache only costs regenerating next time
 

@@ -25,7 +25,6 @@ Example
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -91,20 +90,6 @@ def decode(ids: np.ndarray | list[int], vocab: list[str]) -> str:
     return "".join(vocab[int(i)] for i in ids)
 
 
-def unigram_entropy(text: str) -> float:
-    """The entropy in nats of the character frequencies of ``text``: the loss of the best
-    model that ignores the context (it predicts each character with its frequency).
-
-    Example
-    -------
-    >>> round(unigram_entropy("abab"), 4)  # ln 2
-    0.6931
-    """
-    counts = np.array(list(Counter(text).values()), dtype=np.float64)
-    p = counts / counts.sum()
-    return float(-(p * np.log(p)).sum())
-
-
 def windows(ids: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
     """Non-overlapping windows of ``context`` ids and their next-id targets.
 
@@ -167,5 +152,5 @@ def text_source(spec: DataSpec, seed: int = 0) -> RawData:
                    x_val=x_val, y_val=y_val, tokens=True)
 
 
-__all__ = ["DEFAULT_TEXT", "decode", "encode", "read_text", "split_text", "text_source", "unigram_entropy",
+__all__ = ["DEFAULT_TEXT", "decode", "encode", "read_text", "split_text", "text_source",
            "vocabulary", "windows"]

@@ -1,9 +1,9 @@
 """The loss landscape of a finished run: ``babysit landscape RUN`` and ``babysit.load_run``.
 
-:func:`load_run` rebuilds what a run trained: the spec from ``config.yaml``, the data
-splits exactly as training made them (:func:`babysit.train.runner.prepare`: same seed,
-same carving, preprocessing fitted on the same training split), the network with the
-best weights (``checkpoints/best.pt``, else ``last.pt``) and the loss function.
+:func:`~babysit.run.load.load_run` rebuilds what a run trained: the spec from
+``config.yaml``, the data splits exactly as training made them (:func:`babysit.run.prepare`:
+same seed, same carving, preprocessing fitted on the same training split), the network
+with the best weights (``checkpoints/best.pt``, else ``last.pt``) and the loss function.
 
 :func:`landscape_run` answers, from those weights and a fixed sample of the training
 data, where training ended and what the ground around it looks like:
@@ -33,7 +33,7 @@ Example
 -------
 >>> import tempfile
 >>> from babysit.config import Experiment
->>> from babysit.train.runner import run
+>>> from babysit.run import run
 >>> spec = Experiment(data={"source": "spirals", "samples": 200}, model={"hidden": [8]}, train={"epochs": 2})
 >>> path = run(spec, out=tempfile.mkdtemp() + "/run", quiet=True).path
 >>> loaded = load_run(path)
@@ -46,25 +46,35 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
-import os
-import random
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from babysit.errors import BabysitError
+from babysit.landscape import figures
+from babysit.landscape.critical import classify_critical_point
+from babysit.landscape.hvp import HessianOperator
+from babysit.landscape.spectrum import hessian_eigenvalues, hessian_trace, spectral_density
+from babysit.landscape.surface import (
+    interpolate,
+    loss_surface,
+    random_directions,
+    trajectory_directions,
+)
+from babysit.report import render
+from babysit.report.figures import png_bytes
+from babysit.run.load import LoadedRun, load_run, load_trajectory, trajectory_files
+from babysit.rundir import jsonable, read_jsonl, write_json
+from babysit.train.device import resolve_device
+from babysit.tune.progress import StepProgress
 
 __all__ = [
     "LANDSCAPE_ITEMS",
@@ -84,118 +94,6 @@ HVP_CHUNK = 1024  # examples per H v batch (bounds the memory of the double back
 TRACE_PROBES = 100
 DENSITY_STEPS, DENSITY_RUNS = 90, 10
 FIGURE_PREFIX = "landscape_"
-
-
-# --------------------------------------------------------------------------- loading a run
-
-
-@dataclass
-class LoadedRun:
-    """A run as training left it.
-
-    ``model``: the network with the best weights (``checkpoint`` says which file: best.pt,
-    or last.pt when the run saved no best); ``initial_state``: the weights it started from
-    (the seeded init, rebuilt); ``splits``: train/val/test exactly as training made them;
-    ``loss_fn``: the training loss (the data term: L1, activity and weight decay are not
-    in it); ``spec``: the resolved spec from config.yaml.
-    """
-
-    path: Path
-    spec: Any
-    model: nn.Module
-    splits: Any
-    loss_fn: nn.Module
-    checkpoint: str
-    device: torch.device
-    initial_state: dict[str, Tensor] = field(repr=False, default_factory=dict)
-
-
-@contextlib.contextmanager
-def _global_rng_kept() -> Iterator[None]:
-    """Training seeds the global RNGs; rebuilding a run must not move the caller's."""
-    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-
-
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
-    """The model (best weights), data splits and loss of the run in ``path``.
-
-    The spec comes from ``path/config.yaml``; data and network are rebuilt as training
-    built them (same seed), on ``device``, and the weights of ``checkpoints/best.pt`` (or
-    ``last.pt``) loaded with ``weights_only=True``. The global RNGs are left as they were.
-    A missing or damaged run directory is a BabysitError.
-
-    Example
-    -------
-    >>> import tempfile, torch
-    >>> from babysit.config import Experiment
-    >>> from babysit.train.runner import run
-    >>> spec = Experiment(data={"source": "spirals", "samples": 200}, model={"hidden": [8]}, train={"epochs": 1})
-    >>> path = run(spec, out=tempfile.mkdtemp() + "/run", quiet=True).path
-    >>> loaded = load_run(path)
-    >>> best = torch.load(path / "checkpoints" / "best.pt", weights_only=True)["model"]
-    >>> all(torch.equal(loaded.model.state_dict()[k], v) for k, v in best.items())
-    True
-    """
-    from babysit import config
-    from babysit.train.checkpoint import load_checkpoint
-    from babysit.train.runner import prepare
-
-    path = Path(path)
-    if not path.is_dir():
-        raise BabysitError(f"{path}: no such run directory")
-    if not (path / "config.yaml").is_file():
-        raise BabysitError(f"{path}: not a run directory (no config.yaml); give the folder babysit train wrote")
-    checkpoints = path / "checkpoints"
-    name = next((n for n in ("best.pt", "last.pt") if (checkpoints / n).is_file()), None)
-    if name is None:
-        raise BabysitError(f"{path}: no checkpoint (checkpoints/best.pt or last.pt); the run stopped before saving one")
-    spec = config.load(path / "config.yaml", [f"train.device={torch.device(device).type}"])
-    with _global_rng_kept():
-        device_used, splits, model, loss_fn = prepare(spec)
-    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    state = load_checkpoint(checkpoints / name, map_location=device_used).get("model")
-    if not isinstance(state, dict):
-        raise BabysitError(f"{checkpoints / name}: holds no model weights")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0]
-        raise BabysitError(f"{checkpoints / name}: does not fit the network config.yaml builds ({detail})") from None
-    model.eval()
-    return LoadedRun(path=path, spec=spec, model=model, splits=splits, loss_fn=loss_fn, checkpoint=name,
-                     device=device_used, initial_state=initial)
-
-
-def trajectory_files(run_dir: str | Path) -> list[Path]:
-    """The run's weight snapshots (``checkpoints/trajectory/step_*.pt``) in step order."""
-    folder = Path(run_dir) / "checkpoints" / "trajectory"
-    files = [p for p in folder.glob("step_*.pt") if p.stem.removeprefix("step_").isdigit()]
-    return sorted(files, key=lambda p: int(p.stem.removeprefix("step_")))
-
-
-def load_trajectory(run_dir: str | Path, model: nn.Module) -> tuple[list[int], list[dict[str, Tensor]]]:
-    """The steps and weights (``{parameter name: tensor}``, shaped as ``model``'s) of the
-    run's trajectory snapshots; a snapshot of another network is a BabysitError."""
-    from babysit.train.checkpoint import load_checkpoint
-
-    named = dict(model.named_parameters())
-    steps, states = [], []
-    for file in trajectory_files(run_dir):
-        snapshot = load_checkpoint(file)
-        names, flat = snapshot.get("names"), snapshot.get("weights")
-        if names != list(named) or not isinstance(flat, Tensor) or flat.numel() != sum(p.numel() for p in named.values()):
-            raise BabysitError(f"{file}: a snapshot of another network than config.yaml builds")
-        pieces = torch.split(flat, [p.numel() for p in named.values()])
-        states.append({n: t.view(p.shape) for (n, p), t in zip(named.items(), pieces, strict=True)})
-        steps.append(int(snapshot["step"]))
-    return steps, states
 
 
 # --------------------------------------------------------------------------- the verdict
@@ -266,7 +164,6 @@ class _Progress:
     the text shows the H v products of the current phase as they are taken."""
 
     def __init__(self, phases: Sequence[str], quiet: bool, stream: Any):
-        from babysit.tune.progress import StepProgress
 
         self.phases = list(phases)
         self.done = 0
@@ -295,7 +192,6 @@ class _Progress:
 
 
 def _operator_with_progress(progress: _Progress) -> type:
-    from babysit.landscape.hvp import HessianOperator
 
     class ProgressOperator(HessianOperator):
         def matvec(self, v: Tensor) -> Tensor:
@@ -325,36 +221,7 @@ def parse_what(what: str | Sequence[str] | None) -> list[str]:
     return [w for w in LANDSCAPE_ITEMS if w in items]
 
 
-def _clean(value: Any) -> Any:
-    """JSON-ready: NaN / inf as null, tensors and numpy numbers as Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, Tensor):
-        return _clean(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(_clean(value), indent=1, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _final_lr(run_dir: Path) -> float | None:
-    from babysit.train.runner import read_jsonl
-
     lrs = [r["lr"] for r in read_jsonl(run_dir / "metrics.jsonl") if isinstance(r.get("lr"), int | float)]
     return float(lrs[-1]) if lrs else None
 
@@ -396,8 +263,6 @@ def landscape_run(
     k
         How many top and bottom eigenvalues.
     """
-    from babysit.landscape import figures
-    from babysit.report.figures import png_bytes
 
     items = parse_what(what)
     if resolution < 3 or resolution % 2 == 0:
@@ -425,7 +290,6 @@ def landscape_run(
     if parameters <= FLOAT64_MAX_PARAMETERS:
         dtype, device = torch.float64, torch.device("cpu")
     else:
-        from babysit.train.runner import resolve_device
 
         dtype, device = torch.float32, resolve_device(loaded.spec.train.device)
     model = model.to(device=device, dtype=dtype).eval()
@@ -494,7 +358,6 @@ def landscape_run(
         if "surface" in items:
             started = time.perf_counter()
             if top is None:
-                from babysit.landscape.spectrum import hessian_eigenvalues
 
                 progress.start("sharpest direction")
                 top = hessian_eigenvalues(op, k=1, which="top", seed=seed)
@@ -528,16 +391,15 @@ def landscape_run(
         "run", "checkpoint", "parameters", "dtype", "device", "samples", "seed",
         "spectrum", "surface", "trajectory", "interpolation", "figures") if key in results}
     ordered.update({key: value for key, value in results.items() if key not in ordered})
-    _write_json(path_json, ordered)
+    write_json(path_json, ordered, indent=1)
     if render_report:
-        from babysit.report import render
 
         try:
             render(run_dir)
         except Exception as exc:  # noqa: BLE001 (the landscape is written; the page can be redrawn)
             print(f"report: not redrawn ({type(exc).__name__}: {exc}); retry with: babysit report {run_dir}",
                   file=sys.stderr)
-    return _clean(ordered)
+    return jsonable(ordered)
 
 
 # --------------------------------------------------------------------------- the items
@@ -545,8 +407,6 @@ def landscape_run(
 
 def _spectrum(op: Any, loaded: LoadedRun, run_dir: Path, k: int, seed: int,
               progress: _Progress) -> tuple[dict[str, Any], Any]:
-    from babysit.landscape.critical import classify_critical_point
-    from babysit.landscape.spectrum import hessian_eigenvalues, hessian_trace, spectral_density
 
     k = min(k, op.dim)
     progress.start("top eigenvalues")
@@ -603,7 +463,6 @@ def _spectrum(op: Any, loaded: LoadedRun, run_dir: Path, k: int, seed: int,
 
 def _surface(model: nn.Module, loss_fn: Any, data: tuple[Tensor, Tensor], op: Any, top: Any, resolution: int,
              span: float, seed: int, progress: _Progress) -> tuple[dict[str, Any], dict[str, Any], Any]:
-    from babysit.landscape.surface import loss_surface, random_directions
 
     progress.start("surface")
     directions = random_directions(model, 2, seed=seed)
@@ -653,7 +512,6 @@ def _surface(model: nn.Module, loss_fn: Any, data: tuple[Tensor, Tensor], op: An
 
 def _trajectory(run_dir: Path, model: nn.Module, loss_fn: Any, data: tuple[Tensor, Tensor],
                 resolution: int) -> tuple[dict[str, Any], Any, Tensor, list[int]]:
-    from babysit.landscape.surface import loss_surface, trajectory_directions
 
     steps, states = load_trajectory(run_dir, model)
     found = trajectory_directions(model, states, count=2)
@@ -681,7 +539,6 @@ def _trajectory(run_dir: Path, model: nn.Module, loss_fn: Any, data: tuple[Tenso
 
 def _interpolation(loaded: LoadedRun, other: LoadedRun | None, model: nn.Module, loss_fn: Any,
                    data: tuple[Tensor, Tensor], resolution: int) -> tuple[dict[str, Any], Any]:
-    from babysit.landscape.surface import interpolate
 
     if other is None:
         # from the seeded initial weights (alpha = 0) to the trained ones (alpha = 1)

@@ -3,7 +3,7 @@
 Goodfellow et al. 2014, "Generative adversarial nets": the generator G maps noise
 z ~ N(0, I) of ``model.latent`` numbers to an example; the discriminator D maps an example
 to one logit, "real" when positive. They are trained against each other, each with its own
-optimizer (babysit.train.gan): D to tell the training examples from G's, G to make D call
+optimizer (babysit.families.gan): D to tell the training examples from G's, G to make D call
 its examples real.
 
 The two networks are the autoencoder's halves (nets/autoencoder.py), so ``model.backbone``,

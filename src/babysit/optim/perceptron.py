@@ -29,7 +29,7 @@ Novikoff (1962): if a unit vector ``u`` separates the examples with margin ``γ`
 started at w = 0 makes at most ``(R/γ)²`` mistakes, in any order and at any learning rate
 (from w = 0 the lr only scales w, never a decision). :func:`novikoff_bound` computes it.
 
-:class:`SeparationStop` counts the mistakes (updates) of each epoch on the device from the
+:class:`babysit.families.perceptron.SeparationStop` counts the mistakes (updates) of each epoch on the device from the
 criterion's running counter (one ``.item()`` an epoch), logs them as ``mistakes`` and stops
 the run, ``stop_reason`` "separated: ...", after an epoch without a mistake: the training
 data are then separated and the rule will never change the weights again.
@@ -55,7 +55,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from babysit.errors import BabysitError
-from babysit.train.loop import Callback, Trainer
 
 
 def target_signs(scores: Tensor, targets: Tensor) -> Tensor:
@@ -117,85 +116,6 @@ def build_perceptron_optimizer(groups: list[dict[str, Any]], lr: float, weight_d
     return torch.optim.SGD(groups, lr=lr, momentum=0)
 
 
-class SeparationStop(Callback):
-    """Counts the perceptron's mistakes per epoch and stops once an epoch has none.
-
-    Put it before the metrics logger: it adds ``mistakes`` to the epoch's logs. It sets
-    ``trainer.state.stop`` with ``stop_reason`` "separated: ..." after an epoch in which no
-    training example was misclassified by any unit. :attr:`per_epoch` holds the counts.
-
-    Example
-    -------
-    >>> from babysit.data.batching import Batches
-    >>> x = torch.tensor([[2.0, 1.0], [1.0, 2.0], [-2.0, -1.0], [-1.0, -2.0]])
-    >>> y = torch.tensor([1, 1, 0, 0])
-    >>> model = torch.nn.Linear(2, 1)
-    >>> _ = torch.nn.init.zeros_(model.weight), torch.nn.init.zeros_(model.bias)
-    >>> criterion = PerceptronCriterion()
-    >>> stop = SeparationStop(criterion)
-    >>> trainer = Trainer(model, criterion, torch.optim.SGD(model.parameters(), lr=1.0), callbacks=[stop])
-    >>> state = trainer.fit(Batches(x, y, 1, torch.Generator().manual_seed(0)), epochs=10)
-    >>> stop.per_epoch[-1], state.stop_reason.split(":")[0]
-    (0, 'separated')
-    """
-
-    def __init__(self, criterion: PerceptronCriterion):
-        self.criterion = criterion
-        self.per_epoch: list[int] = []
-
-    def on_fit_start(self, trainer: Trainer) -> None:
-        self.criterion.counting = True
-
-    def on_epoch_start(self, trainer: Trainer) -> None:
-        self.criterion.reset()
-
-    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
-        counted = self.criterion.mistakes
-        mistakes = 0 if counted is None else int(counted.item())
-        logs["mistakes"] = mistakes
-        self.per_epoch.append(mistakes)
-        if mistakes == 0 and not trainer.state.diverged:
-            trainer.state.stop = True
-            trainer.state.stop_reason = (
-                f"separated: no mistake in epoch {trainer.state.epoch}, "
-                f"{sum(self.per_epoch)} mistakes before it"
-            )
-
-    def on_fit_end(self, trainer: Trainer) -> None:
-        self.criterion.counting = False
-        self.criterion.reset()
-
-
-def separation_finding(history: list[dict[str, Any]], summary: dict[str, Any]) -> Any:
-    """``not_converged`` (a warning) for a perceptron run that ended with mistakes in its last
-    epoch, from the epoch records of metrics.jsonl and summary.json; None when it separated
-    the data (or diverged, which the explosion guard reports).
-
-    Example
-    -------
-    >>> f = separation_finding([{"epoch": 1, "step": 9, "mistakes": 4}, {"epoch": 2, "step": 18, "mistakes": 3}], {})
-    >>> f.id, f.severity, f.evidence["last_epoch_mistakes"]
-    ('not_converged', 'warning', 3)
-    """
-    from babysit.checks.findings import Finding
-
-    epochs = [r for r in history if isinstance(r.get("mistakes"), int)]
-    if not epochs or summary.get("separated") or summary.get("diverged") or epochs[-1]["mistakes"] == 0:
-        return None
-    last, total = epochs[-1], sum(r["mistakes"] for r in epochs)
-    return Finding(
-        "not_converged", "warning",
-        f"The perceptron did not separate the training data: it still made {last['mistakes']} mistakes "
-        f"in its last epoch ({last.get('epoch')}), {total} in all. If the data are linearly separable in "
-        "its feature space, more epochs will separate them (Novikoff 1962: at most (R/γ)² mistakes); "
-        "if not, the rule never settles and the weights keep cycling (Minsky & Papert 1969).",
-        "Train longer (train.epochs) if the data should be separable; otherwise give the perceptron a "
-        "richer basis (model.basis: polynomial or fourier) or hidden layers (model.kind: mlp).",
-        {"last_epoch_mistakes": last["mistakes"], "mistakes": total, "epochs": len(epochs)},
-        step=last.get("step"),
-    )
-
-
 def novikoff_bound(features: Tensor, signs: Tensor, weight: Tensor, bias: float | Tensor = 0.0) -> dict[str, float]:
     """Novikoff's (1962) bound ``(R/γ)²`` on the online perceptron's mistakes from w = 0.
 
@@ -220,6 +140,6 @@ def novikoff_bound(features: Tensor, signs: Tensor, weight: Tensor, bias: float 
 
 
 __all__ = [
-    "PerceptronCriterion", "SeparationStop", "build_perceptron_optimizer", "novikoff_bound", "separation_finding",
+    "PerceptronCriterion", "build_perceptron_optimizer", "novikoff_bound",
     "target_signs",
 ]  # fmt: skip

@@ -31,106 +31,27 @@ Example
 
 from __future__ import annotations
 
-import base64
-import datetime
-import html
 import json
 import math
-import os
-import struct
-import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+import numpy as np
 
+from babysit.checks.findings import FINDINGS
 from babysit.errors import BabysitError
 from babysit.report import figures
+from babysit.report.page import data_uri, escape, figure, number, page, table, write_page
+from babysit.rundir import RunFiles, read_json, read_run
+from babysit.train.checkpoint import load_checkpoint
 
 MAX_LANDSCAPE_PNG = 2_000_000  # bytes; a bigger figure is named, not embedded (the page stays small)
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 72em; padding: 0 1em; color: #222; }
-h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 1.8em; }
-table { border-collapse: collapse; margin: 0.5em 0; } th, td { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-nav a { margin-right: 1em; } .muted { color: #666; } img { max-width: 100%; height: auto; }
-figure { margin: 0.8em 0; } figcaption { color: #555; font-size: 0.9em; }
-pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
-.finding { border-left: 6px solid #999; padding: 0.2em 1em; margin: 1em 0; background: #fafafa; }
-.finding.error { border-color: #c0392b; } .finding.warning { border-color: #e0a800; } .finding.info { border-color: #2f80c0; }
-.severity { text-transform: uppercase; font-size: 0.8em; font-weight: bold; }
-.error .severity { color: #c0392b; } .warning .severity { color: #9a7400; } .info .severity { color: #2f80c0; }
-.grid { display: flex; flex-wrap: wrap; gap: 1em; } .grid figure { flex: 1 1 28em; }
-"""
-
 
 # --------------------------------------------------------------------------- reading a run
-
-
-@dataclass
-class RunFiles:
-    """What the report reads from a run directory; missing files are empty."""
-
-    path: Path
-    config_text: str
-    spec: dict[str, Any]
-    history: list[dict[str, Any]]
-    records: list[dict[str, Any]]
-    summary: dict[str, Any]
-    findings: list[dict[str, Any]]
-    landscape: dict[str, Any] | None = None
-    landscape_figures: list[Path] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return str(self.spec.get("name") or self.summary.get("name") or self.path.name)
-
-
-def read_run(run_dir: str | Path) -> RunFiles:
-    """Read a run directory; one that has no config.yaml is a BabysitError.
-
-    Example
-    -------
-    >>> read_run("/nonexistent/run")
-    Traceback (most recent call last):
-    ...
-    babysit.errors.BabysitError: /nonexistent/run: not a run directory (no config.yaml); train one with babysit train
-    """
-    from babysit.train.runner import read_jsonl, read_jsonl_list
-
-    path = Path(run_dir)
-    if not (path / "config.yaml").is_file():
-        raise BabysitError(f"{path}: not a run directory (no config.yaml); train one with babysit train")
-    config_text = (path / "config.yaml").read_text(encoding="utf-8", errors="replace")
-    try:
-        spec = yaml.safe_load(config_text) or {}
-    except yaml.YAMLError:
-        raise BabysitError(f"{path / 'config.yaml'}: not valid YAML") from None
-    if not isinstance(spec, dict):
-        raise BabysitError(f"{path / 'config.yaml'}: not a spec (a YAML mapping)")
-    summary = _read_json(path / "summary.json")
-    landscape = _read_json(path / "landscape.json") if (path / "landscape.json").exists() else None
-    return RunFiles(
-        path=path,
-        config_text=config_text,
-        spec=spec,
-        history=[r for r in read_jsonl(path / "metrics.jsonl") if "epoch" in r],
-        records=[r for r in read_jsonl(path / "monitors.jsonl") if isinstance(r.get("layers"), dict) and "step" in r],
-        summary=summary if isinstance(summary, dict) else {},
-        findings=[f for f in read_jsonl_list(path / "findings.json") if isinstance(f, dict) and "id" in f],
-        landscape=landscape if isinstance(landscape, dict) else ({"value": landscape} if landscape is not None else None),
-        landscape_figures=sorted((path / "figures").glob("*.png")) if (path / "figures").is_dir() else [],
-    )
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return {}
+# (the run directory itself is read by babysit.rundir.read_run; RunFiles and read_run are
+# imported here for the callers that know them from this module)
 
 
 def first_layer_weight(run_dir: str | Path) -> tuple[str, Any, str] | None:
@@ -143,8 +64,6 @@ def first_layer_weight(run_dir: str | Path) -> tuple[str, Any, str] | None:
     >>> first_layer_weight("/nonexistent/run") is None
     True
     """
-    from babysit.train.checkpoint import load_checkpoint
-
     for name in ("best.pt", "last.pt"):
         path = Path(run_dir) / "checkpoints" / name
         if not path.exists():
@@ -163,85 +82,10 @@ def first_layer_weight(run_dir: str | Path) -> tuple[str, Any, str] | None:
 # --------------------------------------------------------------------------- HTML pieces
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def data_uri(png: bytes) -> str:
-    """A PNG as a ``data:`` URI. The base64 text never contains 'http' (in any case), so a
-    search of the page for a network address finds none: when it would, a short comment
-    chunk is added after the PNG header, which shifts the encoding.
-
-    Example
-    -------
-    >>> data_uri(figures.PNG_SIGNATURE + b"rest")[:22]
-    'data:image/png;base64,'
-    """
-    for pad in range(16):
-        body = png
-        if pad and png.startswith(figures.PNG_SIGNATURE) and len(png) >= 33:
-            body = png[:33] + _png_chunk(b"tEXt", b"Comment\x00" + b" " * pad) + png[33:]  # 33: signature + IHDR
-        text = base64.b64encode(body).decode("ascii")
-        if "http" not in text.lower():
-            break
-    return "data:image/png;base64," + text
-
-
-def _figure(fig: Any, caption: str, alt: str | None = None) -> str:
-    """An embedded figure (empty when there is nothing to draw)."""
-    if fig is None:
-        return ""
-    uri = data_uri(figures.png_bytes(fig))
-    return (f'<figure><img src="{uri}" alt="{_e(alt or caption)}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
-
-
-def _number(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return _e("" if value is None else value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:.4g}"
-
-
 def _metric(value: Any, key: str) -> str:
     if key.endswith("_acc") and isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return f"{value:.2%}"
-    return _number(value)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A table; cells are already-escaped HTML."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _page(title: str, body: str) -> str:
-    generated = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-        f"<title>{_e(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n{body}\n"
-        f"<footer><p class=\"muted\">Written by babysit on {generated}.</p></footer>\n</body>\n</html>\n"
-    )
-
-
-def _write(path: Path, text: str) -> Path:
-    """Write atomically (a page is never seen half-written); ``path`` must name a file."""
-    if path.is_dir():
-        raise BabysitError(f"{path}: is a directory; --out names the HTML file to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-    return path
+    return number(value)
 
 
 # --------------------------------------------------------------------------- the run report
@@ -290,33 +134,33 @@ def _short(value: Any) -> str:
 
 def _header(run: RunFiles) -> str:
     s = run.summary
-    spec_rows = [(f"<th>{_e(k)}</th>", _e(v)) for k, v in _spec_essentials(run.spec)]
+    spec_rows = [(f"<th>{escape(k)}</th>", escape(v)) for k, v in _spec_essentials(run.spec)]
     spec_table = "<table><tbody>" + "".join(f"<tr>{k}<td>{v}</td></tr>" for k, v in spec_rows) + "</tbody></table>"
     splits = [split for split in ("train", "val", "test") if f"{split}_loss" in s]
     adversarial = [k for k in ("d_loss", "g_loss", "d_real", "d_fake", "diversity") if k in s]  # a GAN's
     has_acc = any(f"{split}_acc" in s for split in splits)  # a regression has none
-    metrics = _table(["split", "loss", *(["accuracy"] if has_acc else [])],
-                     [[_e(split), _number(s.get(f"{split}_loss")),
+    metrics = table(["split", "loss", *(["accuracy"] if has_acc else [])],
+                     [[escape(split), number(s.get(f"{split}_loss")),
                        *([_metric(s.get(f"{split}_acc"), "_acc")] if has_acc else [])]
                       for split in splits]) if splits else (
-        _table(["last epoch", "value"], [[_e(k), _number(s[k])] for k in adversarial]) if adversarial else
+        table(["last epoch", "value"], [[escape(k), number(s[k])] for k in adversarial]) if adversarial else
         '<p class="muted">No final metrics (summary.json is missing: the run did not finish).</p>')
     facts = []
     if "epochs" in s:
-        facts.append(f"{_number(s['epochs'])} epochs, {_number(s.get('steps'))} steps")
+        facts.append(f"{number(s['epochs'])} epochs, {number(s.get('steps'))} steps")
     if isinstance(s.get("wall_time_s"), int | float):
-        facts.append(f"{s['wall_time_s']:.1f} s on {_e(s.get('device', '?'))}")
+        facts.append(f"{s['wall_time_s']:.1f} s on {escape(s.get('device', '?'))}")
     if s.get("parameters") is not None:
-        facts.append(f"{_number(s['parameters'])} parameters")
+        facts.append(f"{number(s['parameters'])} parameters")
     if s.get("best_epoch") is not None:
-        facts.append(f"weights kept from epoch {_number(s['best_epoch'])}")
-    stop = f"<p>{_e(s['stop_reason'])}</p>" if s.get("stop_reason") else ""
+        facts.append(f"weights kept from epoch {number(s['best_epoch'])}")
+    stop = f"<p>{escape(s['stop_reason'])}</p>" if s.get("stop_reason") else ""
     diverged = '<p class="severity error">The run diverged.</p>' if s.get("diverged") else ""
     if isinstance(s.get("snapshot_ensemble"), dict):  # train.snapshots
         from babysit.train.ensemble import snapshot_line
 
-        stop += f"<p>{_e(snapshot_line(s['snapshot_ensemble']))}</p>"
-    return (f"<header><h1>{_e(run.name)}</h1><p class=\"muted\">{_e(run.path)}</p>"
+        stop += f"<p>{escape(snapshot_line(s['snapshot_ensemble']))}</p>"
+    return (f"<header><h1>{escape(run.name)}</h1><p class=\"muted\">{escape(run.path)}</p>"
             f"<p>{' · '.join(facts)}</p>{stop}{diverged}</header>"
             f'<div class="grid"><section><h2 id="spec-summary">Experiment</h2>{spec_table}</section>'
             f'<section><h2 id="metrics">Final metrics</h2>{metrics}'
@@ -371,8 +215,6 @@ def finding_figure(finding: dict[str, Any], run: RunFiles) -> Any:
 
 
 def _findings_section(run: RunFiles) -> str:
-    from babysit.checks.findings import FINDINGS
-
     if not run.findings:
         text = ("No findings: nothing looked wrong." if (run.path / "findings.json").exists()
                 else "No findings.json: the checks did not run.")
@@ -381,7 +223,7 @@ def _findings_section(run: RunFiles) -> str:
     ordered = sorted(run.findings, key=lambda f: rank.get(f.get("severity"), 3))
     counts = ", ".join(f"{sum(f.get('severity') == s for f in ordered)} {s}" for s in rank
                        if any(f.get("severity") == s for f in ordered))
-    parts = [f'<section><h2 id="findings">Findings <span class="muted">({_e(counts)})</span></h2>']
+    parts = [f'<section><h2 id="findings">Findings <span class="muted">({escape(counts)})</span></h2>']
     for f in ordered:
         severity = f.get("severity") if f.get("severity") in rank else "info"
         where = [f"layer {f['layer']}" if f.get("layer") else "", f"step {f['step']}" if f.get("step") is not None else ""]
@@ -391,12 +233,12 @@ def _findings_section(run: RunFiles) -> str:
             evidence = evidence[:4000] + "\n..."
         caption = f"Evidence for {FINDINGS.get(f['id'], f['id'])}"
         parts.append(
-            f'<article class="finding {severity}"><h3><span class="severity">{_e(severity)}</span> '
-            f"{_e(FINDINGS.get(f['id'], f['id']))} <code class=\"muted\">{_e(f['id'])}</code></h3>"
-            + (f'<p class="muted">{_e(where_text)}</p>' if where_text else "")
-            + f"<p>{_e(f.get('message', ''))}</p><p><strong>Try:</strong> {_e(f.get('advice', ''))}</p>"
-            + _figure(finding_figure(f, run), caption)
-            + f"<details><summary>evidence</summary><pre>{_e(evidence)}</pre></details></article>"
+            f'<article class="finding {severity}"><h3><span class="severity">{escape(severity)}</span> '
+            f"{escape(FINDINGS.get(f['id'], f['id']))} <code class=\"muted\">{escape(f['id'])}</code></h3>"
+            + (f'<p class="muted">{escape(where_text)}</p>' if where_text else "")
+            + f"<p>{escape(f.get('message', ''))}</p><p><strong>Try:</strong> {escape(f.get('advice', ''))}</p>"
+            + figure(finding_figure(f, run), caption)
+            + f"<details><summary>evidence</summary><pre>{escape(evidence)}</pre></details></article>"
         )
     parts.append("</section>")
     return "".join(parts)
@@ -408,16 +250,16 @@ def _curves_section(run: RunFiles) -> str:
     best = run.summary.get("best_epoch")
     if any("d_loss" in r for r in run.history):  # a GAN: two adversarial losses, no validation
         return (f'<section><h2 id="curves">Learning curves</h2>'
-                f"{_figure(figures.gan_curves(run.history), 'Per epoch: the discriminator and generator losses, the discriminator probability of real on real and generated examples, and the diversity of generated examples (mean pairwise distance, over the data).')}"
+                f"{figure(figures.gan_curves(run.history), 'Per epoch: the discriminator and generator losses, the discriminator probability of real on real and generated examples, and the diversity of generated examples (mean pairwise distance, over the data).')}"
                 "</section>")
     curves = figures.loss_curves(run.history, mark_epoch=best if isinstance(best, int) else None,
                                  mark_label="kept weights")
     lr = figures.lr_curve(run.history)
     lrs = {r.get("lr") for r in run.history if r.get("lr") is not None}
-    lr_text = "" if lr is not None else (f"<p>Learning rate: {_number(lrs.pop())} throughout.</p>" if len(lrs) == 1 else "")
+    lr_text = "" if lr is not None else (f"<p>Learning rate: {number(lrs.pop())} throughout.</p>" if len(lrs) == 1 else "")
     return (f'<section><h2 id="curves">Learning curves</h2>'
-            f"{_figure(curves, 'Loss and accuracy per epoch, training and validation (mean over each epoch).')}"
-            f"{_figure(lr, 'Learning rate per epoch.')}{lr_text}</section>")
+            f"{figure(curves, 'Loss and accuracy per epoch, training and validation (mean over each epoch).')}"
+            f"{figure(lr, 'Learning rate per epoch.')}{lr_text}</section>")
 
 
 def _monitors_section(run: RunFiles) -> str:
@@ -437,11 +279,11 @@ def _monitors_section(run: RunFiles) -> str:
         (figures.layer_series(run.records, "saturated_fraction", ylabel="saturated fraction", ylim=(-0.02, 1.02)),
          "Fraction of tanh/sigmoid outputs in the flat tails."),
     ]
-    body = "".join(_figure(fig, caption) for fig, caption in panels if fig is not None)
-    hist = _figure(figures.activation_histograms(run.records),
-                   "Activation histograms per layer at initialisation and at the end (the last sample with one).")
+    body = "".join(figure(fig, caption) for fig, caption in panels if fig is not None)
+    hist = figure(figures.activation_histograms(run.records),
+                  "Activation histograms per layer at initialisation and at the end (the last sample with one).")
     sampled = f"{len(run.records)} samples" + (f", one every {every} steps" if every else "")
-    return (head + f'<p class="muted">Per-layer statistics from monitors.jsonl ({_e(sampled)}).</p>'
+    return (head + f'<p class="muted">Per-layer statistics from monitors.jsonl ({escape(sampled)}).</p>'
             f'<div class="grid">{body}</div>{hist}</section>')
 
 
@@ -455,35 +297,33 @@ def _weights_section(run: RunFiles) -> str:
     fig = figures.first_layer_weights(weight)
     shown = f" (the first {figures.MAX_FILTERS})" if len(weight) > figures.MAX_FILTERS else ""
     return ('<section><h2 id="weights">First layer</h2>'
-            + _figure(fig, f"{name} ({shape}) in checkpoints/{checkpoint}{shown}: what the first layer learned.")
+            + figure(fig, f"{name} ({shape}) in checkpoints/{checkpoint}{shown}: what the first layer learned.")
             + "</section>")
 
 
 def _samples_section(run: RunFiles) -> str:
     """What the network makes: an autoencoder's reconstructions, a GAN's samples over training,
     a language model's generated text (files the runner leaves for the report)."""
-    import numpy as np
-
     parts = []
     try:
         if (run.path / "reconstructions.npz").is_file():
             with np.load(run.path / "reconstructions.npz", allow_pickle=False) as f:
                 fig = figures.reconstructions(f["inputs"], f["outputs"])
-            parts.append(_figure(fig, "Held-out examples (top row) and the autoencoder's reconstructions of them "
-                                      "(bottom row), in the data's units."))
+            parts.append(figure(fig, "Held-out examples (top row) and the autoencoder's reconstructions of them "
+                                     "(bottom row), in the data's units."))
         if (run.path / "samples.npz").is_file():
             with np.load(run.path / "samples.npz", allow_pickle=False) as f:
                 epochs, samples = f["epochs"].tolist(), f["samples"]
-            parts.append(_figure(figures.samples_over_training(epochs, samples),
-                                 f"The generator's examples for the same noise, one row per epoch ({', '.join(map(str, epochs))}), "
-                                 "first at the top."))
+            parts.append(figure(figures.samples_over_training(epochs, samples),
+                                f"The generator's examples for the same noise, one row per epoch ({', '.join(map(str, epochs))}), "
+                                "first at the top."))
     except (OSError, ValueError, KeyError):
         parts.append('<p class="muted">The samples file is damaged; retrain to redraw it.</p>')
-    sample = _read_json(run.path / "text_sample.json") if (run.path / "text_sample.json").is_file() else None
+    sample = read_json(run.path / "text_sample.json") if (run.path / "text_sample.json").is_file() else None
     if isinstance(sample, dict) and "text" in sample:
         parts.append(f"<p>Text the trained model writes after the start of the held-out text (temperature "
-                     f"{_e(sample.get('temperature'))}, seed {_e(sample.get('seed'))}); the prompt is in bold:</p>"
-                     f"<pre><strong>{_e(sample.get('prompt', ''))}</strong>{_e(sample['text'])}</pre>")
+                     f"{escape(sample.get('temperature'))}, seed {escape(sample.get('seed'))}); the prompt is in bold:</p>"
+                     f"<pre><strong>{escape(sample.get('prompt', ''))}</strong>{escape(sample['text'])}</pre>")
     if not parts:
         return ""
     return '<section><h2 id="samples">What it makes</h2>' + "".join(parts) + "</section>"
@@ -501,14 +341,14 @@ def _landscape_section(run: RunFiles) -> str:
                 if len(value) > 6 or any(isinstance(v, list) for v in value):
                     continue  # a grid or a curve's values: the figures show them
                 value = json.dumps(value, default=str)
-            rows.append([_e(key), _number(value)])
-        parts.append(_table(["quantity", "value"], rows[:100]))
+            rows.append([escape(key), number(value)])
+        parts.append(table(["quantity", "value"], rows[:100]))
     for png in run.landscape_figures:
         data = png.read_bytes()
         if not data.startswith(figures.PNG_SIGNATURE) or len(data) > MAX_LANDSCAPE_PNG:
-            parts.append(f'<p class="muted">{_e(png.name)}: not embedded (not a PNG, or over {MAX_LANDSCAPE_PNG:,} bytes).</p>')
+            parts.append(f'<p class="muted">{escape(png.name)}: not embedded (not a PNG, or over {MAX_LANDSCAPE_PNG:,} bytes).</p>')
             continue
-        parts.append(f'<figure><img src="{data_uri(data)}" alt="{_e(png.stem)}"><figcaption>{_e(png.name)}</figcaption></figure>')
+        parts.append(f'<figure><img src="{data_uri(data)}" alt="{escape(png.stem)}"><figcaption>{escape(png.name)}</figcaption></figure>')
     parts.append("</section>")
     return "".join(parts)
 
@@ -539,9 +379,9 @@ def run_page(run_dir: str | Path) -> str:
         _weights_section(run),
         _landscape_section(run),
         f'<section><h2 id="spec">Resolved spec</h2><p class="muted">config.yaml: what actually ran.</p>'
-        f"<pre>{_e(run.config_text)}</pre></section>",
+        f"<pre>{escape(run.config_text)}</pre></section>",
     ])
-    return _page(f"babysit report: {run.name}", f"<main>{body}</main>")
+    return page(f"babysit report: {run.name}", f"<main>{body}</main>")
 
 
 def render(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -555,8 +395,8 @@ def render(run_dir: str | Path, out: str | Path | None = None) -> Path:
     >>> render(run_dir) == run_dir / "report.html"
     True
     """
-    page = run_page(run_dir)
-    return _write(Path(out) if out is not None else Path(run_dir) / "report.html", page)
+    text = run_page(run_dir)
+    return write_page(Path(out) if out is not None else Path(run_dir) / "report.html", text)
 
 
 # --------------------------------------------------------------------------- comparison
@@ -625,33 +465,33 @@ def compare_page(run_dirs: Sequence[str | Path]) -> str:
     runs = [read_run(d) for d in run_dirs]
     labels = _labels(runs)
     overlaid = figures.overlaid_curves({label: run.history for label, run in zip(labels, runs, strict=True)})
-    legend = _table(["run", "name", "directory"], [[_e(label), _e(run.name), _e(run.path)]
-                                                   for label, run in zip(labels, runs, strict=True)])
+    legend = table(["run", "name", "directory"], [[escape(label), escape(run.name), escape(run.path)]
+                                                  for label, run in zip(labels, runs, strict=True)])
 
     keys = ["train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "epochs", "steps",
             "best_epoch", "stopped_early", "diverged", "wall_time_s", "parameters", "device"]
     keys = [k for k in keys if any(k in run.summary for run in runs)]
-    metrics = _table(["metric", *labels], [[_e(k), *(f'{_metric(run.summary.get(k), k)}' for run in runs)]
-                                           for k in keys])
+    metrics = table(["metric", *labels], [[escape(k), *(f'{_metric(run.summary.get(k), k)}' for run in runs)]
+                                          for k in keys])
 
     def finding_cell(run: RunFiles) -> str:
         if not run.findings:
             return "none" if (run.path / "findings.json").exists() else '<span class="muted">not checked</span>'
-        return "<br>".join(f'<span class="{_e(f.get("severity"))}"><span class="severity">{_e(f.get("severity"))}</span></span> '
-                           f"{_e(f['id'])}" + (f" ({_e(f['layer'])})" if f.get("layer") else "") for f in run.findings)
+        return "<br>".join(f'<span class="{escape(f.get("severity"))}"><span class="severity">{escape(f.get("severity"))}</span></span> '
+                           f"{escape(f['id'])}" + (f" ({escape(f['layer'])})" if f.get("layer") else "") for f in run.findings)
 
-    findings_table = _table(["", *labels], [["findings", *(finding_cell(run) for run in runs)]])
+    findings_table = table(["", *labels], [["findings", *(finding_cell(run) for run in runs)]])
     differing = differing_keys([run.spec for run in runs])
-    spec_table = (_table(["spec key", *labels], [[f"<code>{_e(k)}</code>", *(_e(_short(v)) for v in values)]
-                                                 for k, values in differing.items()])
+    spec_table = (table(["spec key", *labels], [[f"<code>{escape(k)}</code>", *(escape(_short(v)) for v in values)]
+                                                for k, values in differing.items()])
                   if differing else "<p>The specs are the same.</p>")
     body = (f"<header><h1>Comparison of {len(runs)} runs</h1>{legend}</header>"
             f'<section><h2 id="curves">Learning curves</h2>'
-            f"{_figure(overlaid, 'Training loss, validation loss and validation accuracy per epoch, one line per run.')}"
+            f"{figure(overlaid, 'Training loss, validation loss and validation accuracy per epoch, one line per run.')}"
             f'</section><section><h2 id="metrics">Final metrics</h2>{metrics}</section>'
             f'<section><h2 id="findings">Findings</h2>{findings_table}</section>'
             f'<section><h2 id="spec">Spec keys that differ</h2>{spec_table}</section>')
-    return _page(f"babysit compare: {', '.join(labels)}", f"<main>{body}</main>")
+    return page(f"babysit compare: {', '.join(labels)}", f"<main>{body}</main>")
 
 
 def compare(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
@@ -665,7 +505,7 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     >>> compare([d], d / "compare.html").name
     'compare.html'
     """
-    return _write(Path(out), compare_page(run_dirs))
+    return write_page(Path(out), compare_page(run_dirs))
 
 
 __all__ = ["RunFiles", "compare", "compare_page", "data_uri", "differing_keys", "finding_figure",

@@ -23,6 +23,7 @@ from babysit.checks.monitors import Monitor, monitor_summary
 from babysit.config import DataSpec, ModelSpec, OptimizerSpec
 from babysit.optim.optimizers import build_optimizer
 from babysit.studies.common import Progress, StudyResult, seed_all, steps_words, train_recorded
+from babysit.studies.plots import curves_figure
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "maxout")
 
@@ -105,8 +106,6 @@ def activations_study(quick: bool = False, progress: Progress | None = None, see
 
 
 def _figures(curves: dict[str, Any], target: float) -> dict[str, Any]:
-    from babysit.studies.plots import curves_figure
-
     accuracy = {name: ([p["step"] for p in c["points"]], [p["val_acc"] for p in c["points"]]) for name, c in curves.items()}
     loss = {name: ([p["step"] for p in c["points"]], [p["loss"] for p in c["points"]]) for name, c in curves.items()}
     return {

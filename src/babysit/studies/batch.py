@@ -22,6 +22,7 @@ from babysit.config import DataSpec, ModelSpec, OptimizerSpec
 from babysit.data.batching import Batches
 from babysit.optim.optimizers import build_optimizer
 from babysit.studies.common import Progress, StudyResult, seed_all, train_recorded
+from babysit.studies.plots import curves_figure
 
 LR, TARGET_LOSS = 0.05, 0.25
 
@@ -108,8 +109,6 @@ def batch_study(quick: bool = False, progress: Progress | None = None, seed: int
 
 
 def _figures(curves: dict[str, Any]) -> dict[str, Any]:
-    from babysit.studies.plots import curves_figure
-
     def pick(x: str) -> dict[str, tuple[list[float], list[float]]]:
         return {name: ([p[x] for p in c["points"]], [p["loss"] for p in c["points"]]) for name, c in curves.items()}
 

@@ -7,7 +7,7 @@ optimizer...) and compares them. Each training run here is babysit's own loop
 whole training split (loss) and the validation split (accuracy) every ``every`` steps, with
 the clock stopped while it measures, so "wall time" is training time only. A run stops when
 it reaches a target accuracy or loss, when it diverges (a non-finite loss, or one above
-:data:`DIVERGED_FACTOR` times the first), or when its step budget is spent.
+:data:`babysit.config.EXPLOSION_FACTOR` times the first: the explosion guard's rule), or when its step budget is spent.
 
 Example
 -------
@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -42,14 +40,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from babysit.config import EXPLOSION_FACTOR
 from babysit.data import Split
 from babysit.data.batching import Batches
 from babysit.optim import losses
+from babysit.report.figures import png_bytes
+from babysit.report.page import data_uri, escape, page, table
+from babysit.rundir import next_free, write_bytes, write_json, write_text
 from babysit.train.loop import Callback, Trainer, evaluate
-
-# A run whose training loss passes this multiple of its first measured loss (or turns
-# non-finite) has diverged: the explosion guard's rule (DESIGN.md, checks.explosion_factor).
-DIVERGED_FACTOR = 3.0
 
 Progress = Callable[[str], None]
 
@@ -160,7 +158,7 @@ class Recorder(Callback):
         curve.points.append(point)
         if self._first_loss is None:
             self._first_loss = point["loss"]
-        if not math.isfinite(point["loss"]) or point["loss"] > DIVERGED_FACTOR * self._first_loss:
+        if not math.isfinite(point["loss"]) or point["loss"] > EXPLOSION_FACTOR * self._first_loss:
             curve.diverged = True
             trainer.state.stop = True
             return
@@ -254,85 +252,59 @@ def cell(value: Any, key: str = "") -> str:
     return str(value)
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities as None (strict JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def study_directory(name: str, out: str | Path | None) -> Path:
     """``out``, or ``runs/study-<name>`` (``-2``, ``-3``... when that exists)."""
     if out is not None:
         return Path(out)
-    base = Path("runs") / f"study-{name}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
+    return next_free(Path("runs") / f"study-{name}")
 
 
 def write_study(result: StudyResult, path: Path) -> Path:
     """results.json, table.csv, figures/*.png and report.html in ``path``; returns ``path``."""
-    from babysit.report.figures import png_bytes
-
     path.mkdir(parents=True, exist_ok=True)
     (path / "figures").mkdir(exist_ok=True)
     pngs = {}
     for stem, fig in result.figures.items():
         pngs[stem] = png_bytes(fig)
-        (path / "figures" / f"{stem}.png").write_bytes(pngs[stem])
-    _atomic_text(path / "results.json", json.dumps(_json_safe(result.to_dict()), indent=1) + "\n")
+        write_bytes(path / "figures" / f"{stem}.png", pngs[stem])
+    write_json(path / "results.json", result.to_dict(), indent=1)
     with (path / "table.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow([header for _, header in result.columns])
         for row in result.rows:
             writer.writerow(["" if row.get(key) is None else row.get(key) for key, _ in result.columns])
-    _atomic_text(path / "report.html", study_page(result, pngs))
+    write_text(path / "report.html", study_page(result, pngs))
     result.path = path
     return path
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-
-
 def study_page(result: StudyResult, pngs: dict[str, bytes]) -> str:
     """The self-contained HTML page of a study: claim, conclusion, table, figures (embedded PNG)."""
-    from babysit.report.html import _e, _page, _table, data_uri
-
-    rows = [[_e(cell(row.get(key), key)) for key, _ in result.columns] for row in result.rows]
-    figures = "".join(f'<figure><img src="{data_uri(png)}" alt="{_e(stem)}">'
-                      f'<figcaption>{_e(stem.replace("_", " "))}</figcaption></figure>' for stem, png in pngs.items())
-    conclusion = "".join(f"<li>{_e(line)}</li>" for line in result.conclusion)
-    body = (f"<h1>{_e(result.title)}</h1>\n<p class=\"muted\">babysit study {_e(result.name)}"
+    rows = [[escape(cell(row.get(key), key)) for key, _ in result.columns] for row in result.rows]
+    figures = "".join(f'<figure><img src="{data_uri(png)}" alt="{escape(stem)}">'
+                      f'<figcaption>{escape(stem.replace("_", " "))}</figcaption></figure>' for stem, png in pngs.items())
+    conclusion = "".join(f"<li>{escape(line)}</li>" for line in result.conclusion)
+    body = (f"<h1>{escape(result.title)}</h1>\n<p class=\"muted\">babysit study {escape(result.name)}"
             f"{' --quick' if result.quick else ''}; {result.seconds:.1f} s</p>\n"
-            f"<h2>The claim</h2>\n<p>{_e(result.claim)}</p>\n"
+            f"<h2>The claim</h2>\n<p>{escape(result.claim)}</p>\n"
             f"<h2>Conclusion</h2>\n<ul>{conclusion}</ul>\n"
-            f"<h2>Results</h2>\n{_table([h for _, h in result.columns], rows)}\n"
-            f"<p class=\"muted\">{_e(result.setup)}</p>\n"
+            f"<h2>Results</h2>\n{table([h for _, h in result.columns], rows)}\n"
+            f"<p class=\"muted\">{escape(result.setup)}</p>\n"
             f"<h2>Figures</h2>\n<div class=\"grid\">{figures}</div>\n")
-    return _page(f"babysit study: {result.name}", body)
+    return page(f"babysit study: {result.name}", body)
 
 
 def rich_table(result: StudyResult) -> Any:
     """The study's table for the terminal."""
     from rich.table import Table
 
-    table = Table(title=result.title, title_justify="left")
+    grid = Table(title=result.title, title_justify="left")
     for key, header in result.columns:
         text = all(isinstance(row.get(key), str) for row in result.rows)
-        table.add_column(header, justify="left" if text else "right")
+        grid.add_column(header, justify="left" if text else "right")
     for row in result.rows:
-        table.add_row(*[cell(row.get(key), key) for key, _ in result.columns])
-    return table
+        grid.add_row(*[cell(row.get(key), key) for key, _ in result.columns])
+    return grid
 
 
 def steps_words(step: int | None, budget: int) -> str:

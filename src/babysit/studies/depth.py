@@ -24,6 +24,7 @@ from babysit.checks.monitors import Monitor
 from babysit.config import DataSpec, ModelSpec, OptimizerSpec
 from babysit.optim.optimizers import build_optimizer
 from babysit.studies.common import Progress, StudyResult, seed_all, steps_words, train_recorded
+from babysit.studies.plots import curves_figure
 
 VARIANTS = (("plain", False), ("residual", True))
 
@@ -103,8 +104,6 @@ def depth_study(quick: bool = False, progress: Progress | None = None, seed: int
 
 
 def _figures(profiles: dict[str, list[float]], curves: dict[str, Any], target: float) -> dict[str, Any]:
-    from babysit.studies.plots import curves_figure
-
     layers = {name: (list(range(1, len(g) + 1)), g) for name, g in profiles.items()}
     accuracy = {name: ([p["step"] for p in c["points"]], [p["val_acc"] for p in c["points"]]) for name, c in curves.items()}
     return {

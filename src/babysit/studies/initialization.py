@@ -32,6 +32,7 @@ from babysit.checks.monitors import Monitor
 from babysit.config import ModelSpec
 from babysit.nets.init import initialize
 from babysit.studies.common import Progress, StudyResult, seed_all
+from babysit.studies.plots import panels_figure
 
 # (label, babysit scheme, std for the normal scheme, nonlinearity whose gain the scheme uses)
 SCHEMES: tuple[tuple[str, str, float | None, str | None], ...] = (
@@ -137,8 +138,6 @@ def init_study(quick: bool = False, progress: Progress | None = None, seed: int 
 
 
 def _figures(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    from babysit.studies.plots import panels_figure
-
     def panel(net: str, key: str) -> dict[str, tuple[list[int], list[float]]]:
         return {label: (list(range(1, len(s[key]) + 1)), s[key]) for name, s in stats.items()
                 if name.startswith(net) for label in [name.split(" / ", 1)[1]]}

@@ -24,6 +24,7 @@ from babysit import data, nets
 from babysit.config import DataSpec, ModelSpec, OptimizerSpec
 from babysit.optim.optimizers import build_optimizer
 from babysit.studies.common import Progress, StudyResult, seed_all, train_recorded
+from babysit.studies.plots import curves_figure
 
 NORMS = ("none", "batch", "layer", "group", "weight")
 # A rate is stable when its run ends below this fraction of its initial loss without
@@ -104,8 +105,6 @@ def normalization_study(quick: bool = False, progress: Progress | None = None, s
 
 
 def _figures(sweeps: dict[str, Any]) -> dict[str, Any]:
-    from babysit.studies.plots import curves_figure
-
     loss = {norm: ([s["lr"] for s in sweep], [s["final_loss"] if s["stable"] else math.nan for s in sweep])
             for norm, sweep in sweeps.items()}
     accuracy = {norm: ([s["lr"] for s in sweep], [s["val_acc"] if s["stable"] else math.nan for s in sweep])

@@ -25,6 +25,7 @@ from babysit import data, nets
 from babysit.config import DataSpec, ModelSpec, OptimizerSpec
 from babysit.optim.optimizers import build_optimizer
 from babysit.studies.common import Progress, StudyResult, seed_all, steps_words, train_recorded
+from babysit.studies.plots import curves_figure
 
 SAMPLES, HIDDEN = 900, [32]  # CS231n's 3-arm spiral; 2-32-3 tanh: 195 parameters, a 195x195 Hessian
 TARGET_LOSS = 0.1  # steps and seconds to this training loss are noted (the run goes on)
@@ -151,8 +152,6 @@ def _generalisation_line(by: dict[str, dict[str, Any]], test_examples: int) -> s
 
 
 def _figures(curves: dict[str, Any]) -> dict[str, Any]:
-    from babysit.studies.plots import curves_figure
-
     def pick(x: str) -> dict[str, tuple[list[float], list[float]]]:
         return {name: ([p[x] for p in c["points"]], [p["loss"] for p in c["points"]]) for name, c in curves.items()}
 

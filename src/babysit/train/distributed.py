@@ -65,6 +65,8 @@ import torch.distributed as dist
 from torch import nn
 
 from babysit.errors import BabysitError
+from babysit.rundir import run_directory
+from babysit.train.device import resolve_device
 from babysit.train.loop import Callback, Trainer
 
 RUN_DIRECTORY_KEY = "babysit/run_directory"  # in torchrun's store: survives restarts of the group
@@ -121,7 +123,7 @@ class DistributedContext:
         data = self.broadcast(buffer.getvalue() if self.is_main else None)
         return checkpoint if self.is_main else torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
-    def agree_run_directory(self, spec: Any, out: str | Path | None, resume: bool) -> tuple[Path, bool]:
+    def agree_run_directory(self, name: str, out: str | Path | None, resume: bool) -> tuple[Path, bool]:
         """The run directory and whether to resume, decided by rank 0 and broadcast.
 
         On a restart (``TORCHELASTIC_RESTART_COUNT`` > 0) the run continues in the directory
@@ -129,12 +131,10 @@ class DistributedContext:
         attempts), from its last checkpoint; after an attempt that died before its first
         checkpoint it starts again there from scratch. A user error on rank 0 becomes the same BabysitError on every rank.
         """
-        from babysit.train.runner import run_directory
-
         decision: tuple[str, bool] | str | None = None
         if self.is_main:
             try:
-                decision = self._decide_run_directory(spec, out, resume, run_directory)
+                decision = self._decide_run_directory(name, out, resume)
             except BabysitError as exc:
                 decision = str(exc)
         decision = self.broadcast(decision)
@@ -143,8 +143,7 @@ class DistributedContext:
         path, resume = decision
         return Path(path), resume
 
-    def _decide_run_directory(self, spec: Any, out: str | Path | None, resume: bool,
-                              run_directory: Any) -> tuple[str, bool]:
+    def _decide_run_directory(self, name: str, out: str | Path | None, resume: bool) -> tuple[str, bool]:
         earlier = None  # the directory an earlier attempt of this torchrun chose (never a guess)
         if self.restart_count > 0 and self.store.check([RUN_DIRECTORY_KEY]):
             earlier = Path(self.store.get(RUN_DIRECTORY_KEY).decode())
@@ -156,7 +155,7 @@ class DistributedContext:
                 shutil.rmtree(earlier / "tb", ignore_errors=True)
             path = earlier
         else:
-            path = run_directory(spec, out, resume)
+            path = run_directory(name, out, resume)
         self.store.set(RUN_DIRECTORY_KEY, str(path))
         return str(path), resume
 
@@ -189,9 +188,7 @@ class DistributedContext:
         ``stop_every``: the monitors' sampling period when they run (the explosion guard can
         stop the run at those steps), else None.
         """
-        if trainer.is_lbfgs:
-            raise BabysitError("optimizer.name: L-BFGS and Newton take several evaluations per step and cannot be "
-                               "trained under torchrun; use a first-order optimizer or one process")
+        self.check_trainable(trainer.optimizer, trainer.step)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(trainer.model, device_ids=device_ids)
         trainer.forward = torch.compile(wrapped) if compile else wrapped
@@ -204,6 +201,16 @@ class DistributedContext:
         trainer.callbacks.insert(0, EpochSeed(seed, self.rank))
         trainer.callbacks.append(StopAgreement(self, stop_every))
 
+    def check_trainable(self, optimizer: Any, step: Any) -> None:
+        """Refuse what cannot train data-parallel: an optimizer that evaluates the loss several
+        times a step, or a family's own training step (two networks, two optimizers)."""
+        if isinstance(optimizer, torch.optim.LBFGS) or getattr(optimizer, "needs_closure", False):
+            raise BabysitError("optimizer.name: L-BFGS and Newton take several evaluations per step and cannot be "
+                               "trained under torchrun; use a first-order optimizer or one process")
+        if step is not None:
+            raise BabysitError("model.kind: this model family trains with a step of its own (a GAN's two networks) "
+                               "in one process; run it without torchrun")
+
     def close(self, finished: bool) -> None:
         """Leave the group. After a finished run every rank waits for the others at a barrier
         first (rank 0 is still writing the report): a rank that tears gloo down while a peer
@@ -213,6 +220,34 @@ class DistributedContext:
         if finished:
             dist.barrier(device_ids=[self.device.index] if self.device.type == "cuda" else None)
         dist.destroy_process_group()
+
+
+class SingleProcess:
+    """The run alone, with :class:`DistributedContext`'s interface: rank 0 of one, where every
+    collective is the identity and nothing is attached. The run path talks to either one the
+    same way, so it has no branch for torchrun."""
+
+    rank = 0
+    world_size = 1
+    is_main = True
+
+    def broadcast(self, value: Any) -> Any:
+        return value
+
+    def broadcast_checkpoint(self, checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:
+        return checkpoint
+
+    def agree_run_directory(self, name: str, out: str | Path | None, resume: bool) -> tuple[Path, bool]:
+        return run_directory(name, out, resume), resume
+
+    def batch_shard(self, batch_size: int | str) -> dict[str, int]:
+        return {}
+
+    def check_trainable(self, optimizer: Any, step: Any) -> None:
+        return None
+
+    def attach(self, trainer: Trainer, *, seed: int, compile: bool = False, stop_every: int | None = None) -> None:
+        return None
 
 
 class StopAgreement(Callback):
@@ -281,8 +316,6 @@ def in_process_group(train: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(spec: Any, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("cluster") is not None or world_size_from_environment() <= 1:
             return train(spec, *args, **kwargs)
-        from babysit.train.runner import resolve_device
-
         cluster = start(resolve_device(spec.train.device))
         finished = False
         try:

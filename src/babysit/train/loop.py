@@ -7,6 +7,11 @@ once at the end of the epoch (no ``.item()`` sync per step), optional work (inpu
 L1, activity penalty, clipping, max-norm, per-batch schedules, AMP) is decided once before
 the loop, and callbacks that do nothing per batch are not called per batch.
 
+A model family whose update is not "loss, backward, step" (a GAN's alternating updates)
+gives the loop a ``step`` (see :class:`Step`), as Keras's ``train_step``: the loop then
+calls it once per batch and logs the epoch's mean of what it returns. Without one, the loop
+is the fast path above.
+
 Callbacks are small objects with any of these hooks (see :class:`Callback`):
 ``on_fit_start``, ``on_epoch_start``, ``on_batch_end``, ``on_epoch_end``, ``on_fit_end``.
 They read and write the :class:`Trainer` (``trainer.state``, ``trainer.model``...) and stop
@@ -31,7 +36,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -67,6 +72,19 @@ class Callback:
     def on_batch_end(self, trainer: Trainer, loss: torch.Tensor) -> None: ...
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None: ...
     def on_fit_end(self, trainer: Trainer) -> None: ...
+
+
+class Step(Protocol):
+    """One training update on a batch, for a family whose update is its own (the GAN).
+
+    ``step(trainer, xb, yb)`` does the whole update (forwards, backwards, optimizer steps) and
+    returns a 1-D detached tensor of figures, named by ``names``; its first figure is the loss
+    the batch callbacks (the monitors' guard) see. The loop logs each figure's epoch mean.
+    """
+
+    names: tuple[str, ...]
+
+    def __call__(self, trainer: Trainer, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor: ...
 
 
 def _overrides(callback: Callback, hook: str) -> bool:
@@ -125,6 +143,7 @@ class Trainer:
     compile: run the forward through ``torch.compile``.
     accuracy_every: the running training accuracy is counted on every N-th batch (a few
         small kernels on those batches only).
+    step: a family's own update (:class:`Step`), or None for the standard one.
     """
 
     def __init__(
@@ -143,6 +162,7 @@ class Trainer:
         precision: str = "fp32",
         compile: bool = False,
         accuracy_every: int = 16,
+        step: Step | None = None,
     ):
         self.model = model
         self.loss_fn = loss_fn
@@ -155,6 +175,7 @@ class Trainer:
         self.input_noise = input_noise
         self.grad_clip = grad_clip
         self.accuracy_every = accuracy_every
+        self.step = step
         self.state = LoopState()
         self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.forward = torch.compile(model) if compile else model
@@ -177,6 +198,23 @@ class Trainer:
         self.sync_logs: Callable[[dict[str, float]], None] | None = None
 
     # ------------------------------------------------------------------ one epoch
+
+    def _stepped_epoch(self, batches: Batches) -> list[torch.Tensor]:
+        """One pass with the family's own :class:`Step`; returns its figures, one row a batch."""
+        step, state = self.step, self.state
+        assert step is not None
+        batch_hooks = [cb.on_batch_end for cb in self.callbacks if _overrides(cb, "on_batch_end")]
+        rows: list[torch.Tensor] = []
+        self.model.train()
+        for xb, yb in batches:
+            row = step(self, xb, yb)
+            rows.append(row)
+            state.step += 1
+            for hook in batch_hooks:
+                hook(self, row[0])
+            if state.stop:  # the explosion guard: stop at once, not at the epoch's end
+                break
+        return rows
 
     def _train_epoch(self, batches: Batches) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
         """One pass over the batches. Returns the batch losses, the correct-prediction counts
@@ -307,7 +345,10 @@ class Trainer:
         while self.state.epoch < epochs and not self.state.stop:
             for cb in self.callbacks:
                 cb.on_epoch_start(self)
-            losses, corrects, counted = self._train_epoch(train)
+            if self.step is None:
+                losses, corrects, counted = self._train_epoch(train)
+            else:
+                rows, corrects, counted = self._stepped_epoch(train), [], 0
             self.state.epoch += 1
             logs: dict[str, float] = {
                 "epoch": self.state.epoch,
@@ -316,7 +357,10 @@ class Trainer:
             }
             # the training metrics are running figures over the epoch (dropout on, weights
             # moving), as Keras reports them; validation is measured in eval mode at the end
-            if losses:
+            if self.step is not None:
+                if rows:
+                    logs.update(zip(self.step.names, torch.stack(rows).float().mean(0).tolist(), strict=True))
+            elif losses:
                 logs["train_loss"] = torch.stack(losses).float().mean().item()
             if counted:
                 logs["train_acc"] = torch.stack(corrects).sum().item() / counted
@@ -326,7 +370,7 @@ class Trainer:
                 for key, value in evaluate(self.model, self.loss_fn, val, self.predict, autocast=self.autocast).items():
                     logs[f"val_{key}"] = value
             if self.schedule is not None:
-                self.schedule.step_epoch(logs.get("val_loss", logs["train_loss"]))
+                self.schedule.step_epoch(logs.get("val_loss", logs.get("train_loss")))
             self.state.elapsed = time.perf_counter() - started
             logs["time"] = self.state.elapsed
             self.state.logs = logs

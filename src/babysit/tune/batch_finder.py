@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -41,6 +40,9 @@ import torch
 from torch import nn
 
 from babysit.errors import BabysitError
+from babysit.optim.optimizers import build_optimizer
+from babysit.rundir import write_json
+from babysit.tune.progress import StepProgress
 
 if TYPE_CHECKING:
     from babysit.config import Experiment
@@ -281,8 +283,7 @@ def batch_find_from_spec(spec: Experiment, *, max_batch: int | None = None, step
     >>> r.sizes
     [8, 16, 32]
     """
-    from babysit.optim.optimizers import build_optimizer
-    from babysit.train.runner import prepare
+    from babysit.run import prepare
 
     if spec.optimizer.name in ("lbfgs", "newton"):
         raise BabysitError(f"optimizer.name: batch-find times single optimizer steps; {spec.optimizer.name} runs a "
@@ -293,8 +294,6 @@ def batch_find_from_spec(spec: Experiment, *, max_batch: int | None = None, step
     factory: OptimizerFactory = lambda m: build_optimizer(spec.optimizer, m)  # noqa: E731
     if quiet:
         return batch_find(model, loss_fn, factory, x, y, **kwargs)
-    from babysit.tune.progress import StepProgress
-
     total = len(batch_sizes(_cap(len(x), max_batch)))
     with StepProgress("batch-find", total, stream=stream) as bar:
         result = batch_find(model, loss_fn, factory, x, y,
@@ -372,5 +371,5 @@ def write_batch_find(result: BatchFindResult, directory: str | Path, *, extra: d
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "batch_find.json"
-    path.write_text(json.dumps({**(extra or {}), **result.to_dict()}, indent=2) + "\n", encoding="utf-8")
+    write_json(path, {**(extra or {}), **result.to_dict()}, indent=2)
     return path

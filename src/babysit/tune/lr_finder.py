@@ -54,7 +54,6 @@ True
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -67,6 +66,9 @@ from torch import nn
 
 from babysit.data.batching import Batches
 from babysit.errors import BabysitError
+from babysit.optim.optimizers import build_optimizer
+from babysit.rundir import jsonable, next_free, write_json
+from babysit.tune.progress import StepProgress
 
 if TYPE_CHECKING:
     from babysit.config import Experiment
@@ -111,10 +113,7 @@ class LRFindResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-safe numbers (``inf``/``nan`` as None)."""
-        data = asdict(self)
-        for key in ("losses", "smoothed"):
-            data[key] = [v if math.isfinite(v) else None for v in data[key]]
-        return data
+        return jsonable(asdict(self))
 
 
 # --------------------------------------------------------------------------- the curve
@@ -360,8 +359,7 @@ def lr_find_from_spec(spec: Experiment, *, start: float = 1e-7, end: float = 10.
     >>> len(r.lrs) <= 30 and r.suggestion > 0
     True
     """
-    from babysit.optim.optimizers import build_optimizer
-    from babysit.train.runner import prepare
+    from babysit.run import prepare
 
     _check_range(start, end, steps)
     if spec.optimizer.name in ("lbfgs", "newton"):
@@ -372,8 +370,6 @@ def lr_find_from_spec(spec: Experiment, *, start: float = 1e-7, end: float = 10.
     kwargs = dict(start=start, end=end, steps=steps, seed=spec.seed, grad_clip=spec.optimizer.grad_clip)
     if quiet:
         return lr_find(model, loss_fn, factory, splits.train.x, splits.train.y, spec.data.batch_size, **kwargs)
-    from babysit.tune.progress import StepProgress
-
     with StepProgress("lr-find", steps, stream=stream) as bar:
         result = lr_find(model, loss_fn, factory, splits.train.x, splits.train.y, spec.data.batch_size,
                          on_step=lambda i, lr, loss: bar.update(i + 1, f"lr {lr:.2e}  loss {loss:.4f}"),
@@ -395,11 +391,7 @@ def lr_find_directory(spec: Experiment, out: str | Path | None) -> Path:
     if out is not None:
         return Path(out)
     base = Path("runs") / f"{spec.run_name}-lr-find"
-    path, n = base, 1
-    while (path / "lr_find.json").exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
+    return next_free(base, taken=lambda p: (p / "lr_find.json").exists())
 
 
 # --------------------------------------------------------------------------- files
@@ -437,7 +429,7 @@ def write_lr_find(result: LRFindResult, directory: str | Path, *, title: str = "
     directory.mkdir(parents=True, exist_ok=True)
     json_path, png_path = directory / "lr_find.json", directory / "lr_find.png"
     data = {**(extra or {}), **result.to_dict()}
-    json_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_json(json_path, data, indent=2)
     plot_lr_find(result, png_path, title=title)
     return json_path, png_path
 

@@ -1,5 +1,5 @@
-"""Live monitors: per-layer statistics sampled while a network trains, and the rules that
-read them.
+"""The sampling side of the live monitors: per-layer statistics recorded while a network
+trains, and the explosion guard on its loss.
 
 CS231n's "babysitting the learning process" asks a person to watch, per layer, the
 activation distributions (dead ReLUs, saturated tanh/sigmoid units, activations shrinking to
@@ -23,8 +23,8 @@ Each sample is one record (the lines of ``monitors.jsonl``)::
         ...}}
 
 with ``hist`` (``{"lo", "hi", "counts"}``) on the activation layers of the first sample and
-of every ``histogram_every``-th. :func:`monitor_findings` turns a list of records into
-findings; the explosion guard (:meth:`Monitor.observe_loss`) flags a loss above
+of every ``histogram_every``-th. :func:`~babysit.checks.monitors.rules.monitor_findings`
+turns a list of records into findings; the explosion guard (:meth:`Monitor.observe_loss`) flags a loss above
 ``explosion_factor`` x the first one, or a non-finite loss.
 
 Example
@@ -48,57 +48,23 @@ Example
 
 from __future__ import annotations
 
+import json
 import math
-import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from babysit.checks.findings import Finding
-
-# --------------------------------------------------------------------------- thresholds
-# Each is a rule of thumb with its source; the tests build networks on both sides of it.
-
-# CS231n (Neural Networks 3, "ratio of weights:updates"): ||Δw|| / ||w|| "should be
-# somewhere around 1e-3"; much lower means the learning rate is probably too low, much
-# higher too high. Adam at lr 1e-2 on small nets sits at 1e-2 to 3e-2 and trains well (the
-# MNIST-1D examples), so the alarms are two decades either side of the healthy 1e-3.
-UPDATE_RATIO_HIGH = 1e-1
-UPDATE_RATIO_LOW = 1e-5
-# CS231n (Neural Networks 1, "dying ReLU"): "as much as 40% of your network can be dead"
-# with a too-high learning rate. A unit counts as dead when it is zero for every example of
-# the sampled batch; a layer is flagged when half its units are dead.
-DEAD_FRACTION = 0.5
-# tanh / sigmoid units are saturated where the local gradient is nearly zero: |tanh| > 0.99
-# (tanh' < 0.02) and sigmoid outside (0.01, 0.99) (sigmoid' < 0.0099). A layer is flagged
-# when a quarter of its outputs are saturated (CS231n's tanh net with N(0, 1) weights: ~all).
-SATURATION_LEVEL = 0.99
-SATURATED_FRACTION = 0.25
-# CS231n's 10-layer tanh net with N(0, 0.01^2) weights: the activation std falls by about 5x
-# a layer "and collapses to zero". Flag a net of 3+ monitored layers whose std keeps shrinking
-# layer after layer to below 1% of the first.
-COLLAPSE_RATIO = 1e-2
-# Gradient RMS (norm / sqrt(numel)) of the first weight layer against the last. Backprop
-# through k sigmoid layers multiplies by at most 0.25^k (a 6-layer sigmoid stack: ~2e-4);
-# healthy nets of any depth stay within two decades either way.
-VANISHING_RATIO = 1e-3
-EXPLODING_RATIO = 1e3
-# A pattern must hold in at least half of the last third of the samples to be reported as
-# ongoing; one seen only at the start (the first sample, at initialisation) is reported
-# as info, since training got past it.
-PERSIST_FRACTION = 0.5
+from babysit.checks.monitors.rules import SATURATION_LEVEL, monitor_findings, monitor_summary
+from babysit.config import EXPLOSION_FACTOR
+from babysit.nets.layers import ACTIVATION_TYPES, WEIGHT_LAYER_TYPES
+from babysit.rundir import json_line
 
 _RELU_LIKE = (nn.ReLU, nn.ReLU6)
 _TANH_LIKE = (nn.Tanh, nn.Hardtanh, nn.Softsign)
 _SIGMOID_LIKE = (nn.Sigmoid, nn.Hardsigmoid)
-
-
-def _activation_types() -> tuple[type[nn.Module], ...]:
-    from babysit.nets.layers import ACTIVATION_TYPES
-
-    return ACTIVATION_TYPES
 
 
 def monitored_layers(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Parameter]]]:
@@ -122,9 +88,7 @@ def monitored_layers(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], lis
     >>> [name for name, _ in acts], [name for name, _ in weights]
     (['1'], ['0', '2'])
     """
-    from babysit.nets.layers import WEIGHT_LAYER_TYPES
-
-    activations = [(name, m) for name, m in model.named_modules() if isinstance(m, (*_activation_types(), nn.RNNBase))]
+    activations = [(name, m) for name, m in model.named_modules() if isinstance(m, (*ACTIVATION_TYPES, nn.RNNBase))]
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, WEIGHT_LAYER_TYPES)]
     weights = []
     for name, m in model.named_modules():
@@ -161,7 +125,7 @@ class Monitor:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 10,
-                 histogram_every: int = 10, bins: int = 30, explosion_factor: float = 3.0,
+                 histogram_every: int = 10, bins: int = 30, explosion_factor: float = EXPLOSION_FACTOR,
                  sink: Callable[[dict[str, Any]], None] | None = None, start_step: int = 0,
                  initial_loss: float | None = None, activations: bool = True):
         self.model = model
@@ -425,267 +389,25 @@ class Monitor:
         self.flush()
 
 
-# --------------------------------------------------------------------------- the rules
+# --------------------------------------------------------------------------- the records as JSON
 
 
-def _series(records: list[dict[str, Any]], layer: str, key: str) -> list[float]:
-    return [r["layers"][layer][key] for r in records if key in r["layers"].get(layer, {})
-            and r["layers"][layer][key] is not None]
+def monitor_line(record: dict[str, Any]) -> str:
+    """A monitor record as one line of ``monitors.jsonl``; NaN / inf (rare: a diverging run)
+    become null (:func:`babysit.rundir.json_line`'s policy).
 
-
-def _layer_names(records: list[dict[str, Any]], key: str) -> list[str]:
-    names: dict[str, None] = {}
-    for record in records:
-        for name, entry in record["layers"].items():
-            if key in entry:
-                names[name] = None
-    return list(names)
-
-
-def _persistence(flags: list[bool]) -> str | None:
-    """'ongoing' when the flag holds in at least half of the last third of the samples,
-    'at_init' when it held only at the first sample(s), None otherwise."""
-    if not flags:
-        return None
-    tail = flags[-max(1, len(flags) // 3):]
-    if sum(tail) >= PERSIST_FRACTION * len(tail):
-        return "ongoing"
-    if flags[0]:
-        return "at_init"
-    return None
-
-
-def _recovered_step(records: list[dict[str, Any]], flags: list[bool]) -> int | None:
-    for record, flag in zip(records, flags, strict=False):
-        if not flag:
-            return record["step"]
-    return None
-
-
-def _median(values: Iterable[float]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return statistics.median(finite) if finite else float("nan")
-
-
-def monitor_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-layer medians of the update ratio, gradient norm, dead and saturated fractions.
+    The common case, every number finite, is one ``json.dumps``: the same bytes as
+    :func:`~babysit.rundir.json_line` writes, without walking the record first.
 
     Example
     -------
-    >>> recs = [{"step": s, "layers": {"fc": {"update_ratio": r, "grad_norm": 0.5}}}
-    ...         for s, r in ((1, 0.1), (11, 1e-3), (21, 3e-3))]
-    >>> monitor_summary(recs)["update_ratio_median"]  # the first step's update is left out
-    {'fc': 0.002}
+    >>> monitor_line({"step": 1, "loss": float("nan"), "layers": {"fc": {"grad_norm": 0.5}}})
+    '{"step": 1, "loss": null, "layers": {"fc": {"grad_norm": 0.5}}}\\n'
     """
-    out: dict[str, Any] = {"samples": len(records)}
-    for key, label in (("update_ratio", "update_ratio_median"), ("grad_norm", "grad_norm_median"),
-                       ("dead_fraction", "dead_fraction_median"), ("saturated_fraction", "saturated_fraction_median"),
-                       ("act_std", "act_std_median")):
-        recs = _after_first_step(records) if key == "update_ratio" else records
-        out[label] = {name: _median(_series(recs, name, key)) for name in _layer_names(recs, key)}
-    return out
+    line = json.dumps(record)
+    if "NaN" in line or "Infinity" in line:
+        line = json_line(record)
+    return line + "\n"
 
 
-def _after_first_step(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The samples after the very first step, whose update is atypical (Adam's first step
-    moves every weight by about the lr), unless that leaves too few."""
-    return records[1:] if len(records) > 2 else records
-
-
-def monitor_findings(records: list[dict[str, Any]]) -> list[Finding]:
-    """The while-training findings of a list of monitor records (``monitors.jsonl``).
-
-    ``dead_relu``, ``saturated_activations``, ``activation_collapse``,
-    ``vanishing_gradients``, ``exploding_gradients``, ``update_ratio_high`` and
-    ``update_ratio_low``: at most one finding per id, naming the worst layer, with every
-    affected layer in its evidence. A pattern that lasts to the end of the run is a
-    warning; one that was there at initialisation and went away is info.
-
-    Example
-    -------
-    >>> recs = [{"step": s, "layers": {"fc.1": {"type": "ReLU", "act_mean": 0.0, "act_std": 0.0,
-    ...          "dead_fraction": 0.9}}} for s in (1, 11, 21)]
-    >>> [(f.id, f.layer, f.severity) for f in monitor_findings(recs)]
-    [('dead_relu', 'fc.1', 'warning')]
-    """
-    if not records:
-        return []
-    found: list[Finding] = []
-    found += _activation_rule(
-        records, "dead_fraction", DEAD_FRACTION, "dead_relu",
-        lambda name, v: f"{v:.0%} of the units of {name} output zero for every example of a batch: they are "
-                        "dead, get no gradient and will not learn again.",
-        "Lower the learning rate, check bias_init (a negative bias kills ReLUs from the start), use He "
-        "(kaiming) init, or switch to leaky_relu / elu, which keep a gradient below zero.")
-    found += _activation_rule(
-        records, "saturated_fraction", SATURATED_FRACTION, "saturated_activations",
-        lambda name, v: f"{v:.0%} of the outputs of {name} are saturated (|tanh| > 0.99 or sigmoid outside "
-                        "(0.01, 0.99)), where the local gradient is almost zero: those units barely learn.",
-        "Scale the init down (xavier for tanh/sigmoid instead of a large init_std), normalise the inputs, "
-        "add batch normalisation, or use relu-family units.")
-    found += _collapse_rule(records)
-    found += _gradient_depth_rules(records)
-    found += _update_ratio_rules(records)
-    return found
-
-
-def _others(affected: dict[str, float], worst: str, fmt: str) -> str:
-    rest = [f"{name} {format(value, fmt)}" for name, value in affected.items() if name != worst]
-    if not rest:
-        return ""
-    shown = ", ".join(rest[:4]) + (f" and {len(rest) - 4} more" if len(rest) > 4 else "")
-    return f" Also affected: {shown}."
-
-
-def _activation_rule(records: list[dict[str, Any]], key: str, threshold: float, finding_id: str,
-                     message: Callable[[str, float], str], advice: str) -> list[Finding]:
-    ongoing: dict[str, float] = {}
-    at_init: dict[str, tuple[float, int | None]] = {}
-    first_step: dict[str, int] = {}
-    for name in _layer_names(records, key):
-        recs = [r for r in records if key in r["layers"].get(name, {})]
-        values = [r["layers"][name][key] for r in recs]
-        flags = [v >= threshold for v in values]
-        kind = _persistence(flags)
-        if kind == "ongoing":
-            ongoing[name] = _median(values[-max(1, len(values) // 3):])
-            first_step[name] = recs[flags.index(True)]["step"]
-        elif kind == "at_init":
-            at_init[name] = (values[0], _recovered_step(recs, flags))
-    if ongoing:
-        worst = max(ongoing, key=ongoing.__getitem__)
-        return [Finding(finding_id, "warning", message(worst, ongoing[worst]) + _others(ongoing, worst, ".0%"),
-                        advice, {key: ongoing[worst], "threshold": threshold, "layers": ongoing,
-                                 "first_step": first_step[worst]},
-                        layer=worst, step=first_step[worst])]
-    if at_init:
-        worst = max(at_init, key=lambda n: at_init[n][0])
-        value, cleared = at_init[worst]
-        text = message(worst, value) + f" This was so at initialisation and had cleared by step {cleared}."
-        return [Finding(finding_id, "info", text, advice,
-                        {key: value, "threshold": threshold, "layers": {n: v for n, (v, _) in at_init.items()},
-                         "cleared_by_step": cleared}, layer=worst, step=records[0]["step"])]
-    return []
-
-
-def _collapse_rule(records: list[dict[str, Any]]) -> list[Finding]:
-    names = _layer_names(records, "act_std")
-    if len(names) < 3:
-        return []
-    flags, firsts = [], []
-    for record in records:
-        stds = [record["layers"].get(n, {}).get("act_std") for n in names]
-        if any(s is None or not math.isfinite(s) for s in stds) or stds[0] <= 0:
-            flags.append(False)
-            firsts.append(None)
-            continue
-        # shrinking layer after layer (one exception allowed) down to below 1% of the first; the
-        # layers after the smallest may grow again (later weights scale up to compensate) and the
-        # signal is still lost in between
-        low = min(range(len(stds)), key=stds.__getitem__)
-        falls = sum(b < a for a, b in zip(stds[:low], stds[1:low + 1], strict=False))
-        flags.append(low >= 2 and stds[low] < COLLAPSE_RATIO * stds[0] and falls >= low - 1)
-        # the onset: the first layer whose std is under half that of the layer before it
-        firsts.append(next((names[k] for k in range(1, len(stds)) if stds[k] < 0.5 * stds[k - 1]), names[low]))
-    kind = _persistence(flags)
-    if kind is None:
-        return []
-    index = len(flags) - 1 if kind == "ongoing" else 0
-    while kind == "ongoing" and not flags[index]:
-        index -= 1
-    stds = [records[index]["layers"][n]["act_std"] for n in names]
-    layer = firsts[index]
-    low = min(range(len(stds)), key=stds.__getitem__)
-    text = (f"The activation std shrinks layer after layer, from {stds[0]:.3g} in {names[0]} to {stds[low]:.3g} in "
-            f"{names[low]} (shrinking from {layer} on): deep layers see almost nothing, and their "
-            "gradients are as small.")
-    if kind == "at_init":
-        text += f" This was so at initialisation and had cleared by step {_recovered_step(records, flags)}."
-    return [Finding(
-        "activation_collapse", "warning" if kind == "ongoing" else "info", text,
-        "The init is too small for this depth: use xavier (tanh/sigmoid) or kaiming (relu) init instead of a "
-        "small init_std, or add batch normalisation.",
-        {"act_std": dict(zip(names, stds, strict=False)), "ratio_smallest_to_first": stds[low] / stds[0],
-         "threshold": COLLAPSE_RATIO, "step": records[index]["step"]},
-        layer=layer, step=records[index]["step"])]
-
-
-def _gradient_depth_rules(records: list[dict[str, Any]]) -> list[Finding]:
-    """Compare the gradient arriving at the first monitored layer with the one at the last
-    (RMS per element of the backpropagated signal; the weight gradients' RMS when the model
-    has no monitored activations)."""
-    key = "act_grad_rms"
-    names = _layer_names(records, key)
-    if len(names) < 2:
-        key = "grad_rms"
-        names = _layer_names(records, key)
-    if len(names) < 2:
-        return []
-    first, last = names[0], names[-1]
-    ratios = []
-    for record in records:
-        a, b = record["layers"].get(first, {}).get(key), record["layers"].get(last, {}).get(key)
-        ok = a is not None and b is not None and math.isfinite(a) and math.isfinite(b) and b > 0
-        ratios.append(a / b if ok else float("nan"))
-    found = []
-    for finding_id, test, threshold in (("vanishing_gradients", lambda r: r < VANISHING_RATIO, VANISHING_RATIO),
-                                        ("exploding_gradients", lambda r: r > EXPLODING_RATIO, EXPLODING_RATIO)):
-        flags = [math.isfinite(r) and test(r) for r in ratios]
-        kind = _persistence(flags)
-        if kind is None:
-            continue
-        tail = ratios[-max(1, len(ratios) // 3):]
-        ratio = _median(tail) if kind == "ongoing" else ratios[0]
-        if finding_id == "vanishing_gradients":
-            text = (f"The gradient reaching {first} is {ratio:.2g}x the one at {last} (RMS per element): it fades "
-                    "on the way back, so the first layers barely learn.")
-            advice = ("Use relu-family activations instead of sigmoid/tanh in deep stacks, xavier/kaiming init, "
-                      "batch normalisation, or residual connections (model.kind: resnet).")
-        else:
-            text = (f"The gradient reaching {first} is {ratio:.2g}x the one at {last} (RMS per element): it grows "
-                    "on the way back, so the first layers take huge, unstable steps.")
-            advice = ("Scale the init down (xavier/kaiming instead of a large init_std), add batch normalisation, "
-                      "clip gradients (optimizer.grad_clip) and lower the learning rate.")
-        if kind == "at_init":
-            text += f" This was so at initialisation and had cleared by step {_recovered_step(records, flags)}."
-        found.append(Finding(
-            finding_id, "warning" if kind == "ongoing" else "info", text, advice,
-            {"gradient_ratio_first_to_last": ratio, "threshold": threshold, "first_layer": first,
-             "last_layer": last, "measured_on": key, "samples": len(ratios)},
-            layer=first, step=records[flags.index(True)]["step"]))
-    return found
-
-
-def _update_ratio_rules(records: list[dict[str, Any]]) -> list[Finding]:
-    recs = _after_first_step(records)
-    medians = {name: _median(_series(recs, name, "update_ratio")) for name in _layer_names(recs, "update_ratio")}
-    medians = {name: value for name, value in medians.items() if math.isfinite(value)}
-    found = []
-    high = {name: v for name, v in medians.items() if v > UPDATE_RATIO_HIGH}
-    low = {name: v for name, v in medians.items() if v < UPDATE_RATIO_LOW}
-    if high:
-        worst = max(high, key=high.__getitem__)
-        found.append(Finding(
-            "update_ratio_high", "warning",
-            f"Each step changes the weights of {worst} by {high[worst]:.2g} of their size (median ||Δw||/||w||); "
-            f"about 1e-3 is healthy. Steps this large bounce around instead of descending."
-            + _others(high, worst, ".2g"),
-            "Lower the learning rate (3-10x; babysit lr-find suggests one) or add warmup.",
-            {"update_ratio_median": high[worst], "layers": high, "threshold": UPDATE_RATIO_HIGH, "healthy": 1e-3,
-             "samples": len(recs)}, layer=worst))
-    if low:
-        worst = min(low, key=low.__getitem__)
-        size = ("do not change at all" if low[worst] == 0 else
-                f"change by only {low[worst]:.2g} of their size per step (median ||Δw||/||w||)")
-        found.append(Finding(
-            "update_ratio_low", "warning",
-            f"The weights of {worst} {size}; about 1e-3 is healthy. At this pace the layer hardly learns."
-            + _others(low, worst, ".2g"),
-            "Raise the learning rate (3-10x; babysit lr-find suggests one); check that the layer gets a "
-            "gradient at all (frozen weights, dead units, vanishing gradients).",
-            {"update_ratio_median": low[worst], "layers": low, "threshold": UPDATE_RATIO_LOW, "healthy": 1e-3,
-             "samples": len(recs)}, layer=worst))
-    return found
-
-
-__all__ = ["Monitor", "monitor_findings", "monitor_summary", "monitored_layers"]
+__all__ = ["Monitor", "monitor_line", "monitored_layers"]

@@ -1,0 +1,77 @@
+"""The autoencoder family (``model.kind: autoencoder``): the network reproduces its input.
+
+The targets are the inputs (a regression onto every input value, ``loss: mse``), and the run
+keeps ``reconstructions.npz``: held-out inputs and their reconstructions in the data's units
+(the preprocessing undone), which the report draws one above the other.
+
+Example
+-------
+>>> from babysit.config import Experiment
+>>> from babysit import data
+>>> spec = Experiment(model={"kind": "autoencoder"}, data={"source": "digits"})
+>>> splits = AUTOENCODER.adapt(spec, data.load(spec.data))
+>>> splits.task, splits.target_dim, bool((splits.train.y == splits.train.x).all())
+('regression', 64, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+from babysit.config import Experiment
+from babysit.data import Split, Splits
+from babysit.families.protocol import RunContext
+from babysit.families.standard import StandardFamily, refuse_token_ids
+from babysit.rundir import save_npz
+
+RECONSTRUCTIONS_SHOWN = 16  # test examples drawn with their reconstructions
+
+
+def to_data_units(splits: Splits) -> Any:
+    """``tensor -> tensor`` undoing the data's preprocessing (to draw examples in pixels)."""
+    pre = splits.preprocessor
+    return pre.inverse_transform if pre is not None and pre.fitted is not None else (lambda t: t)
+
+
+def shown_split(splits: Splits) -> Split:
+    """The split whose first examples a report shows: test, else val, else train."""
+    return next(s for s in (splits.test, splits.val, splits.train) if s is not None and len(s))
+
+
+class AutoencoderFamily(StandardFamily):
+    name = "autoencoder"
+
+    def claims(self, spec: Experiment) -> bool:
+        return spec.model.kind == "autoencoder"
+
+    def adapt(self, spec: Experiment, splits: Splits) -> Splits:
+        refuse_token_ids(spec, splits)
+
+        def self_targets(split: Split | None) -> Split | None:
+            return None if split is None else Split(split.x, split.x)
+
+        return dataclasses.replace(
+            splits, train=self_targets(splits.train), val=self_targets(splits.val), test=self_targets(splits.test),
+            task="regression", num_classes=None, target_dim=math.prod(splits.input_shape), class_names=None)
+
+    @torch.no_grad()
+    def artifacts(self, run: RunContext) -> None:
+        model, splits = run.model, run.splits
+        was_training = model.training
+        model.eval()
+        try:
+            x = shown_split(splits).x[:RECONSTRUCTIONS_SHOWN]
+            display = to_data_units(splits)
+            save_npz(run.path / "reconstructions.npz", inputs=display(x).float().cpu().numpy(),
+                     outputs=display(model(x)).float().cpu().numpy())
+        finally:
+            model.train(was_training)
+
+
+AUTOENCODER = AutoencoderFamily()
+
+__all__ = ["AUTOENCODER", "AutoencoderFamily", "shown_split", "to_data_units"]

@@ -1,0 +1,143 @@
+"""The standard family: one network, one loss, the standard update (mlp, cnn, resnet and the
+recurrent kinds on real-valued sequences).
+
+Everything here is also the default the other one-network families (autoencoder, language,
+perceptron) specialise: they subclass :class:`StandardFamily` and change a hook or two.
+
+Example
+-------
+>>> from babysit.config import Experiment
+>>> STANDARD.claims(Experiment()), STANDARD.early_stopping
+(True, True)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from babysit import nets
+from babysit.checks.diagnose import diagnose_run
+from babysit.checks.findings import Finding
+from babysit.checks.monitors import monitor_findings
+from babysit.checks.preflight import preflight
+from babysit.config import RECURRENT_KINDS, Experiment
+from babysit.data import Splits
+from babysit.errors import BabysitError
+from babysit.families.protocol import RunContext
+from babysit.optim import losses, optimizers, schedules
+from babysit.rundir import read_jsonl
+from babysit.train.loop import Callback, Step, Trainer, evaluate
+
+TOKEN_KINDS = ("gpt", *RECURRENT_KINDS)  # kinds that read token ids (recurrent ones with model.embedding)
+PREFLIGHT_EXAMPLES = 512
+# the update-ratio and lr rules are first-order rules of thumb (CS231n's 1e-3 for SGD-like steps)
+FIRST_ORDER_RULES = ("update_ratio_high", "update_ratio_low", "lr_too_high", "lr_too_low")
+
+
+def per_token(splits: Splits) -> bool:
+    """Class ids per position, (N, T): the loss applies at every position (next-token prediction)."""
+    return splits.task == "classification" and splits.train.y.dim() > 1
+
+
+def refuse_token_ids(spec: Experiment, splits: Splits) -> None:
+    """Token-id data (``data.source: text``) is refused by the kinds that take real-valued inputs."""
+    kind = spec.model.kind
+    if not torch.is_floating_point(splits.train.x) and kind not in TOKEN_KINDS:
+        raise BabysitError(f"model.kind: {kind} takes real-valued inputs, but data.source: {spec.data.source} "
+                           f"gives token ids; use model.kind: gpt (or rnn / gru / lstm with model.embedding)")
+
+
+def preflight_inputs(spec: Experiment, splits: Splits, examples: int = PREFLIGHT_EXAMPLES) -> dict[str, Any]:
+    """The keyword arguments :func:`babysit.checks.preflight.preflight` needs for a spec."""
+    return {
+        "data": (splits.train.x[:examples], splits.train.y[:examples]),
+        "task": splits.task,
+        "num_classes": splits.num_classes,
+        "loss_name": spec.loss,
+        "seed": spec.seed,
+    }
+
+
+def split_metrics(run: RunContext, trainer: Trainer) -> dict[str, Any]:
+    """Loss (and accuracy) of the final model on every split, in eval mode."""
+    splits = run.splits
+    found: dict[str, Any] = {}
+    for split_name in ("train", "val", "test"):
+        split = getattr(splits, split_name)
+        if split is None or not len(split):
+            continue
+        measured = evaluate(run.model, run.loss_fn, split, trainer.predict, autocast=trainer.autocast)
+        found[f"{split_name}_loss"] = measured["loss"]
+        if "acc" in measured:
+            found[f"{split_name}_acc"] = measured["acc"]
+    return found
+
+
+class StandardFamily:
+    """mlp, cnn, resnet, rnn, gru, lstm: the :class:`~babysit.families.protocol.Family` defaults."""
+
+    name = "standard"
+    result_keys: tuple[str, ...] = ()
+    early_stopping = True
+    single_network_refusal: str | None = None
+
+    def claims(self, spec: Experiment) -> bool:
+        return True  # the registry asks it last
+
+    def validate(self, spec: Experiment) -> None:
+        return None
+
+    def adapt(self, spec: Experiment, splits: Splits) -> Splits:
+        refuse_token_ids(spec, splits)
+        return splits
+
+    def build(self, spec: Experiment, splits: Splits) -> tuple[nn.Module, Any]:
+        out_dim = losses.output_dim(spec.loss, splits.task, splits.num_classes, splits.target_dim)
+        model = nets.build(spec.model, splits.input_shape, out_dim)
+        return model, losses.build_loss(spec.loss, splits.task, splits.num_classes, per_token=per_token(splits))
+
+    def optimizer(self, spec: Experiment, model: nn.Module, steps_per_epoch: int) -> tuple[Any, Any]:
+        optimizer = optimizers.build_optimizer(spec.optimizer, model)
+        return optimizer, schedules.build_schedule(spec.schedule, optimizer, steps_per_epoch, spec.train.epochs)
+
+    def train_step(self, spec: Experiment, model: nn.Module, optimizer: Any) -> Step | None:
+        return None
+
+    def callbacks(self, run: RunContext) -> list[Callback]:
+        return []
+
+    def explosion_factor(self, spec: Experiment) -> float:
+        return spec.checks.explosion_factor
+
+    def preflight(self, spec: Experiment, model: nn.Module, loss_fn: Any, splits: Splits) -> list[Finding]:
+        return preflight(model, loss_fn, **preflight_inputs(spec, splits))
+
+    def findings(self, run: RunContext) -> list[Finding]:
+        spec, splits = run.spec, run.splits
+        found: list[Finding] = []
+        if spec.checks.monitors:
+            found += monitor_findings(read_jsonl(run.path / "monitors.jsonl"))
+        chance = losses.chance_loss(spec.loss, splits.task, splits.num_classes, splits.train.y)
+        found += diagnose_run(run.path, chance_loss=chance, task=splits.task)
+        if spec.optimizer.name == "newton":
+            # Newton sets its own step length and does not use the lr: the first-order rules do not apply
+            found = [f for f in found if f.id not in FIRST_ORDER_RULES]
+        return found
+
+    def metrics(self, run: RunContext, trainer: Trainer) -> dict[str, Any]:
+        return split_metrics(run, trainer)
+
+    def summary_extra(self, run: RunContext, summary: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def artifacts(self, run: RunContext) -> None:
+        return None
+
+
+STANDARD = StandardFamily()
+
+__all__ = ["FIRST_ORDER_RULES", "STANDARD", "TOKEN_KINDS", "StandardFamily", "per_token", "preflight_inputs",
+           "refuse_token_ids", "split_metrics"]

@@ -1,0 +1,306 @@
+"""From a validated spec to a finished run directory: one path for every model family.
+
+``run(spec)`` is what ``babysit train`` does: seed, load the data, build the network, loss,
+optimizer and schedule, train with the standard callbacks, evaluate, diagnose and write
+``runs/<name>/`` (config.yaml, metrics.jsonl, monitors.jsonl, findings.json, summary.json,
+checkpoints/, tb/, report.html). Whatever a kind of model does differently, its family says
+(:mod:`babysit.families`); whether the run is alone or one rank of a torchrun group, its
+cluster says (:class:`~babysit.train.distributed.SingleProcess` or
+:class:`~babysit.train.distributed.DistributedContext`, the same interface).
+
+Example
+-------
+>>> import tempfile
+>>> from babysit.config import Experiment
+>>> spec = Experiment(data={"source": "spirals"}, train={"epochs": 2})
+>>> result = run(spec, out=tempfile.mkdtemp() + "/run", quiet=True)
+>>> result.summary["epochs"], (result.path / "summary.json").exists()
+(2, True)
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from babysit import config as config_module
+from babysit import data as data_module
+from babysit.checks.findings import (
+    PREFLIGHT_IDS,
+    Finding,
+    finding_lines,
+    findings_markdown,
+    sort_findings,
+    write_findings,
+)
+from babysit.config import Experiment
+from babysit.data.batching import Batches
+from babysit.errors import BabysitError
+from babysit.families import Family, RunContext, family_of
+from babysit.optim import losses, regularization
+from babysit.report import render
+from babysit.run.prepare import make_penalty, prepare
+from babysit.rundir import read_json_list, read_jsonl, truncate_jsonl, write_json
+from babysit.train.callbacks import (
+    Checkpointer,
+    EarlyStopping,
+    MetricsLogger,
+    MonitorCallback,
+    ProgressReporter,
+    TensorBoardLogger,
+    TrajectorySaver,
+)
+from babysit.train.checkpoint import load_checkpoint, set_rng_state
+from babysit.train.device import environment
+from babysit.train.distributed import DistributedContext, SingleProcess, in_process_group
+from babysit.train.ensemble import evaluate_snapshots, snapshot_callback
+from babysit.train.loop import Callback, LoopState, Trainer
+
+
+@dataclass
+class RunResult:
+    path: Path
+    summary: dict[str, Any]
+    model: nn.Module
+    splits: data_module.Splits
+    findings: list[Any] = field(default_factory=list)
+    rank: int = 0  # under torchrun, this process's rank: only rank 0 wrote the run directory
+    spec: Experiment | None = None  # what ran
+
+
+def check_resume_spec(saved: Experiment, given: Experiment) -> None:
+    """A resumed run must be the same experiment; only the number of epochs may grow."""
+    a, b = saved.to_dict(), given.to_dict()
+    a["train"].pop("epochs"), b["train"].pop("epochs")
+    for section in a:
+        if a[section] != b.get(section):
+            if isinstance(a[section], dict):
+                for key in a[section]:
+                    if a[section][key] != b[section].get(key):
+                        raise BabysitError(f"--resume: {section}.{key} differs from the run's config.yaml "
+                                           f"({a[section][key]!r} there, {b[section][key]!r} now); only train.epochs may change")
+            raise BabysitError(f"--resume: {section} differs from the run's config.yaml; only train.epochs may change")
+
+
+def _restoring_determinism(train: Callable[..., RunResult]) -> Callable[..., RunResult]:
+    """train.deterministic is process-wide in torch: set it for one run only."""
+
+    @functools.wraps(train)
+    def wrapper(spec: Experiment, *args: Any, **kwargs: Any) -> RunResult:
+        before = torch.are_deterministic_algorithms_enabled()
+        if spec.train.deterministic:
+            torch.use_deterministic_algorithms(True)
+        try:
+            return train(spec, *args, **kwargs)
+        finally:
+            torch.use_deterministic_algorithms(before)
+
+    return wrapper
+
+
+@_restoring_determinism
+@in_process_group
+def run(
+    spec: Experiment,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    extra_callbacks: list[Callback] | None = None,
+    progress_stream: Any = None,
+    cluster: DistributedContext | None = None,
+    splits: data_module.Splits | None = None,
+    report: bool = True,
+) -> RunResult:
+    """Train the experiment and write its run directory; returns the path, summary, model and data.
+    ``report=False`` leaves out report.html (search trials: ``babysit report RUN`` draws it later).
+
+    Under torchrun the run is data-parallel (``cluster``, filled in by :func:`in_process_group`;
+    see :mod:`babysit.train.distributed`): rank 0 writes the run directory, and every rank
+    returns rank 0's summary."""
+    group = cluster or SingleProcess()
+    family = family_of(spec)
+    main = group.is_main
+    path, resume = group.agree_run_directory(spec.run_name, out, resume)  # rank 0 decides
+    if resume and main:
+        check_resume_spec(config_module.load(path / "config.yaml"), spec)
+    device, splits, model, loss_fn = prepare(spec, splits, two_networks=True)  # given splits: a cross-validation fold
+    generator = torch.Generator().manual_seed(spec.seed)
+    batches = Batches(splits.train.x, splits.train.y, spec.data.batch_size, generator,
+                      **group.batch_shard(spec.data.batch_size))  # this rank's part of each batch
+    optimizer, schedule = family.optimizer(spec, model, len(batches))
+    step = family.train_step(spec, model, optimizer)
+    group.check_trainable(optimizer, step)  # before anything is written
+    penalty, activity = make_penalty(spec, model)
+    max_norm = spec.regularization.max_norm
+    context = RunContext(spec=spec, path=path, splits=splits, model=model, loss_fn=loss_fn,
+                         steps_per_epoch=len(batches), resume=resume)
+
+    if main:
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        config_module.save(spec, path / "config.yaml")
+    preflight_found: list[Finding] | None = None  # None: kept from the first segment of a resumed run
+    if spec.checks.preflight and not resume and main:
+        preflight_found = family.preflight(spec, model, loss_fn, splits)
+        write_findings(path / "findings.json", preflight_found)
+        if not quiet:
+            for line in finding_lines(preflight_found):
+                print(f"preflight {line}", file=progress_stream or sys.stdout)
+    elif not resume:
+        preflight_found = []
+
+    early = (EarlyStopping(spec.train.early_stopping.monitor, spec.train.early_stopping.patience,
+                           spec.train.early_stopping.min_delta) if family.early_stopping else None)
+    state, checkpoint = LoopState(), None
+    if resume:
+        # on the CPU: RNG and generator states must be CPU tensors; load_state_dict moves the rest
+        checkpoint = group.broadcast_checkpoint(  # from rank 0: the other machines need no shared file system
+            load_checkpoint(path / "checkpoints" / "last.pt", map_location="cpu") if main else None)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if schedule is not None and checkpoint.get("schedule") is not None:
+            schedule.load_state_dict(checkpoint["schedule"])
+        state = LoopState.from_checkpoint(checkpoint["loop"])
+        generator.set_state(checkpoint["generator"])
+        set_rng_state(checkpoint["rng"])
+        if main and early is not None and checkpoint.get("early_stopping") is not None:
+            best_path = path / "checkpoints" / "best.pt"
+            best = {k: v.to(device) for k, v in load_checkpoint(best_path)["model"].items()} if best_path.exists() else None
+            early.load_state_dict(checkpoint["early_stopping"], best)
+        if main:
+            truncate_jsonl(path / "metrics.jsonl", state.step)
+
+    callbacks, monitors = _callbacks(spec, family, context, early, generator, state.step,
+                                     extra_callbacks or [], None if quiet else progress_stream or sys.stdout)
+    trainer = Trainer(
+        model, loss_fn, optimizer, schedule=schedule, callbacks=callbacks,
+        predict=(lambda out, _name=spec.loss: losses.predict(out, _name)) if splits.task == "classification" else None,
+        penalty=penalty, after_step=(lambda m: regularization.apply_max_norm(m, max_norm)) if max_norm else None,
+        input_noise=spec.regularization.input_noise, grad_clip=spec.optimizer.grad_clip,
+        precision=spec.train.precision, compile=spec.train.compile, step=step,
+    )
+    if checkpoint is not None and trainer.scaler is not None and "scaler" in checkpoint:
+        trainer.scaler.load_state_dict(checkpoint["scaler"])
+    # under torchrun: DDP forward, epoch metrics averaged over ranks, stops agreed, callbacks on rank 0
+    group.attach(trainer, seed=spec.seed, compile=spec.train.compile,
+                 stop_every=spec.checks.every if spec.checks.monitors else None)
+    started = time.perf_counter()
+    state = trainer.fit(batches, spec.train.epochs, splits.val, state=state)
+    if activity is not None:
+        activity.remove()
+    if not main:  # rank 0 measures, writes the summary, findings and report, and shares the summary
+        return RunResult(path=path, summary=group.broadcast(None), model=model, splits=splits, rank=group.rank,
+                         spec=spec)
+
+    summary = summarise(spec, family, context, trainer, state, early, device, started)
+    findings = _run_findings(family, context, preflight_found, monitors.guard if monitors is not None else None,
+                             state.step)
+    summary["findings"] = {sev: sum(f.severity == sev for f in findings) for sev in ("error", "warning", "info")}
+    write_json(path / "summary.json", summary)
+    family.artifacts(context)  # reconstructions, vocabulary, generated text
+    if report:
+        write_report(path)
+    group.broadcast(summary)
+    return RunResult(path=path, summary=summary, model=model, splits=splits, findings=findings, spec=spec)
+
+
+def _callbacks(spec: Experiment, family: Family, context: RunContext, early: EarlyStopping | None,
+               generator: torch.Generator, step: int, extra: list[Callback], progress_stream: Any
+               ) -> tuple[list[Callback], MonitorCallback | None]:
+    """The run's callbacks, in the order they run: the family's first (they may add to an
+    epoch's logs), the standard ones, the caller's ``extra``, the progress bar last (when
+    ``progress_stream`` is given); and the monitor callback. ``step``: where a resumed run starts."""
+    path, resume = context.path, context.resume
+    metrics = MetricsLogger(path / "metrics.jsonl", spec.train.log_every)
+    monitors: MonitorCallback | None = None
+    if spec.checks.monitors:
+        if resume:
+            truncate_jsonl(path / "monitors.jsonl", step)
+        monitors = MonitorCallback(path / "monitors.jsonl", every=spec.checks.every,
+                                   explosion_factor=family.explosion_factor(spec),
+                                   initial_loss=first_loss(path / "monitors.jsonl") if resume else None)
+    snapshots = snapshot_callback(spec, path / "checkpoints", context.steps_per_epoch)  # train.snapshots
+    callbacks: list[Callback] = [
+        *family.callbacks(context),
+        metrics,
+        TensorBoardLogger(path / "tb", monitors=monitors),
+        *([monitors] if monitors is not None else []),  # before the checkpointer: a diverged run saves nothing
+        *([early] if early is not None else []),
+        Checkpointer(path / "checkpoints", generator=generator, epochs=spec.train.epochs,
+                     every_s=spec.train.checkpoint_every_s, early_stopping=early,
+                     before_save=[metrics.flush] + ([monitors.flush] if monitors is not None else [])),
+        *([TrajectorySaver(path / "checkpoints" / "trajectory", spec.train.trajectory_every)] if spec.train.trajectory_every else []),
+        *([snapshots] if snapshots is not None else []),
+        *extra,
+    ]
+    if progress_stream is not None:
+        callbacks.append(ProgressReporter(spec.train.epochs, context.steps_per_epoch, stream=progress_stream))
+    return callbacks, monitors
+
+
+def summarise(spec: Experiment, family: Family, context: RunContext, trainer: Trainer, state: LoopState,
+              early: EarlyStopping | None, device: torch.device, started: float) -> dict[str, Any]:
+    """summary.json without its findings: the family's figures, how the run went, the environment."""
+    summary: dict[str, Any] = {"name": spec.run_name, **family.metrics(context, trainer)}
+    summary.update({
+        "epochs": state.epoch,
+        "steps": state.step,
+        **({"best_epoch": early.best_epoch} if early is not None else {}),
+        "stopped_early": bool(state.stop),
+        "stop_reason": state.stop_reason,
+        "diverged": state.diverged,
+        "wall_time_s": round(state.elapsed, 3),
+        "session_time_s": round(time.perf_counter() - started, 3),
+        "parameters": sum(p.numel() for p in context.model.parameters()),
+        **environment(device),
+    })
+    summary.update(family.summary_extra(context, summary))
+    if spec.train.snapshots is not None:  # Huang et al. 2017: the snapshot ensemble against its last snapshot
+        summary["snapshot_ensemble"] = evaluate_snapshots(context.path / "checkpoints" / "snapshots", context.model,
+                                                          spec.loss, context.splits, keep=spec.train.snapshots)
+    write_json(context.path / "summary.json", summary)  # the diagnosis reads it
+    return summary
+
+
+def _run_findings(family: Family, context: RunContext, preflight_found: list[Finding] | None,
+                  guard: Finding | None, step: int) -> list[Finding]:
+    """Preflight (kept from the first segment of a resumed run), the explosion guard and the
+    family's after-run findings, most severe first, written to findings.json and TensorBoard.
+    Reads what the run wrote, so a resumed run is judged on all of it."""
+    path = context.path
+    if preflight_found is None:  # resumed: the preflight ran in the first segment
+        preflight_found = [Finding(**f) for f in read_json_list(path / "findings.json") if f.get("id") in PREFLIGHT_IDS]
+    found = sort_findings([*preflight_found, *([guard] if guard is not None else []), *family.findings(context)])
+    write_findings(path / "findings.json", found)
+    with SummaryWriter(log_dir=str(path / "tb")) as writer:  # the findings in TensorBoard's Text tab
+        writer.add_text("findings", findings_markdown(found), global_step=step)
+    return found
+
+
+def write_report(path: Path) -> None:
+    """report.html, the page to look at (``babysit report RUN`` redraws it). The run is complete
+    without it: a failure to draw is reported in one line, not raised."""
+    try:
+        render(path)
+    except Exception as exc:  # noqa: BLE001 (a figure bug must not cost the user the run's end)
+        print(f"report: not written ({type(exc).__name__}: {exc}); the run directory is complete, "
+              f"retry with: babysit report {path}", file=sys.stderr)
+
+
+def first_loss(path: Path) -> float | None:
+    """The loss of a run's first monitor sample: the explosion guard's reference on resume."""
+    records = read_jsonl(path)
+    loss = records[0].get("loss") if records else None
+    return loss if isinstance(loss, (int, float)) else None
+
+
+__all__ = ["RunResult", "check_resume_spec", "first_loss", "run", "summarise", "write_report"]
