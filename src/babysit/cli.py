@@ -144,13 +144,12 @@ def check(
     """
     from babysit import config
     from babysit.checks.findings import finding_lines
-    from babysit.families import family_of
-    from babysit.run import prepare
+    from babysit.run import assemble
 
     spec_path, overrides = _split_spec_and_overrides(args or [])
     spec = config.load(spec_path, overrides)
-    _, splits, model, loss_fn = prepare(spec, two_networks=True)  # the family's refusals, as babysit train's
-    findings = family_of(spec).preflight(spec, model, loss_fn, splits)
+    built = assemble(spec)  # what babysit train builds first: it refuses what train refuses
+    findings = built.family.preflight(spec, built.model, built.loss_fn, built.splits)
     for line in finding_lines(findings) or ["preflight: no problems found"]:
         typer.echo(line)
     if any(f.severity == "error" for f in findings):

@@ -337,6 +337,14 @@ class SearchDistribution:
     def log(self) -> bool:
         return self.kind == "loguniform"
 
+    @property
+    def is_choice(self) -> bool:
+        return self.kind == "choice"
+
+    @property
+    def is_integer(self) -> bool:
+        return self.kind == "intuniform"
+
 
 SEARCH_EXAMPLES = "loguniform(1e-4, 1), uniform(0, 0.5), intuniform(1, 8) or choice(relu, tanh)"
 _CALL = re.compile(r"^\s*([A-Za-z_]+)\s*\((.*)\)\s*$", re.DOTALL)

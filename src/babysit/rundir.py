@@ -44,6 +44,7 @@ from typing import IO, Any
 
 import yaml
 
+from babysit import config
 from babysit.errors import BabysitError
 
 # --------------------------------------------------------------------------- names
@@ -273,8 +274,6 @@ class RunFiles:
 
     def experiment(self) -> Any:
         """The resolved spec as a validated :class:`babysit.config.Experiment`."""
-        from babysit import config
-
         return config.load(self.path / "config.yaml")
 
 

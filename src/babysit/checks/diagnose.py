@@ -54,7 +54,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from babysit import config as config_module
+from babysit import data as data_module
 from babysit.checks.findings import Finding
+from babysit.checks.monitors import monitor_summary
+from babysit.errors import BabysitError
+from babysit.optim import losses
 
 # --------------------------------------------------------------------------- thresholds
 # Measured on the calibration runs (module docstring); "ref" is the reference loss.
@@ -749,10 +754,6 @@ def _read_json(path: Path) -> dict | None:
 
 def _chance_and_task(spec: Any) -> tuple[float | None, str]:
     """The chance loss and task of a run's data (loads the data; None when it cannot)."""
-    from babysit import data as data_module
-    from babysit.errors import BabysitError
-    from babysit.optim import losses
-
     try:
         splits = data_module.load(spec.data, spec.seed)
     except (BabysitError, OSError, ValueError):
@@ -779,10 +780,6 @@ def diagnose_run(path: str | Path, *, chance_loss: float | None = None, task: st
     >>> [f.id + " " + f.severity for f in diagnose_run(folder)]  # a line cannot split a spiral
     ['underfitting info']
     """
-    from babysit import config as config_module
-    from babysit.checks.monitors import monitor_summary
-    from babysit.errors import BabysitError
-
     path = Path(path)
     metrics = path / "metrics.jsonl"
     if not metrics.is_file():

@@ -31,42 +31,18 @@ import os
 import random
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from babysit.config import DataSpec
+from babysit.data.raw import RawData
+from babysit.data.text import text_source
 from babysit.errors import BabysitError
 from babysit.rundir import save_npz
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_FORMAT = 1  # bump when the cached arrays change meaning, so old caches are not reused
-
-
-@dataclass
-class RawData:
-    """Arrays as a source produced them, before splitting and preprocessing.
-
-    ``where`` names the origin in error messages (a file path, or ``data.source=digits``).
-    ``num_classes`` is set when the source knows it (10 digits, K spiral arms, the class
-    folders); otherwise it is inferred from the training labels as ``max(y) + 1``.
-    A source that must split its own validation set (text, where windows cut from one text
-    would overlap across a random hold-out) gives ``x_val`` / ``y_val``. ``tokens`` marks
-    token-id inputs: ``x`` (N, T) int64 ids and ``y`` (N, T) the next ids, kept as integers.
-    """
-
-    x: np.ndarray
-    y: np.ndarray
-    x_test: np.ndarray | None = None
-    y_test: np.ndarray | None = None
-    task: str = "classification"
-    num_classes: int | None = None
-    class_names: list[str] | None = None
-    where: str = "data"
-    x_val: np.ndarray | None = None
-    y_val: np.ndarray | None = None
-    tokens: bool = False
 
 
 # --------------------------------------------------------------------------- generated
@@ -264,7 +240,7 @@ def npz(spec: DataSpec, seed: int = 0) -> RawData:
     if y.dtype.kind in "US":
         y, y_test, names = _encode_names(y, y_test, path)
         num_classes = len(names)
-    elif y.dtype.kind == "f":
+    elif np.issubdtype(y.dtype, np.floating):
         task = "regression"
     elif y.dtype.kind not in "biu":
         raise BabysitError(f"{path}: array 'y' must hold numbers or strings, got dtype {y.dtype}")
@@ -416,8 +392,6 @@ def folder(spec: DataSpec, seed: int = 0) -> RawData:
 
 def text(spec: DataSpec, seed: int = 0) -> RawData:
     """Character windows of a text file for language modelling (see :mod:`babysit.data.text`)."""
-    from babysit.data.text import text_source
-
     return text_source(spec, seed)
 
 
@@ -461,7 +435,7 @@ def check(raw: RawData) -> RawData:
             ny = len(y) if y.ndim else 0
             raise BabysitError(f"{where}: '{xn}' has {len(x)} examples but '{yn}' has {ny}; they must match")
         for name, arr in ((xn, x), (yn, y)):
-            if arr.dtype.kind == "f":
+            if np.issubdtype(arr.dtype, np.floating):
                 nan, inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
                 if nan or inf:
                     raise BabysitError(f"{where}: array '{name}' has {nan} NaN and {inf} inf values; "
@@ -509,7 +483,7 @@ def _class_labels(y: np.ndarray, name: str, where: str) -> np.ndarray:
     if y.ndim != 1:
         raise BabysitError(f"{where}: classification labels '{name}' must be one integer per example, "
                            f"got shape {tuple(y.shape)}")
-    if y.dtype.kind == "f" and not np.all(y == np.round(y)):
+    if np.issubdtype(y.dtype, np.floating) and not np.all(y == np.round(y)):
         bad = y[y != np.round(y)][0]
         raise BabysitError(f"{where}: labels in '{name}' must be integers 0..C-1, got {bad:g}")
     y = y.astype(np.int64)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from babysit.config import DataSpec
-from babysit.data.sources import RawData
+from babysit.data.raw import RawData
 from babysit.errors import BabysitError
 
 DEFAULT_TEXT = Path(__file__).parent / "texts" / "sonnets.txt"

@@ -129,20 +129,20 @@ def classify_critical_point(
     zero = eig_tol * max(abs(lam_max), abs(lam_min))
     positive, negative = lam_max > zero, lam_min < -zero
     if positive and negative:
-        kind = "saddle"
+        verdict = "saddle"
     elif positive:
-        kind = "minimum"
+        verdict = "minimum"
     elif negative:
-        kind = "maximum"
+        verdict = "maximum"
     else:
-        kind = "degenerate"
-    strict = (kind == "minimum" and lam_min > zero) or (kind == "maximum" and lam_max < -zero)
+        verdict = "degenerate"
+    strict = (verdict == "minimum" and lam_min > zero) or (verdict == "maximum" and lam_max < -zero)
     if gradient_norm > grad_tol:
-        kind, strict = "not_critical", False
+        verdict, strict = "not_critical", False
     condition = lam_max / lam_min if lam_min > zero else None
     limit = 2.0 / lam_max if lam_max > 0 else None
     return CriticalPoint(
-        kind=kind,
+        kind=verdict,
         strict=strict,
         loss=op.loss(),
         gradient_norm=gradient_norm,

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from babysit.errors import BabysitError
+from babysit.nets.double_backward import twice_differentiable
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Batch = tuple[Tensor, Tensor]
@@ -85,34 +86,6 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, training in flags:
             module.training = training
-
-
-def _weight_norm_composite(v: Tensor, g: Tensor, dim: int = 0) -> Tensor:
-    return v * (g / torch.norm_except_dim(v, 2, dim))
-
-
-@contextlib.contextmanager
-def twice_differentiable(model: nn.Module) -> Iterator[None]:
-    """Swap in a composite weight norm while ``model`` is differentiated twice.
-
-    ``torch._weight_norm`` (behind ``torch.nn.utils.parametrizations.weight_norm``, which
-    ``norm: weight`` builds) has a wrong double backward on the CPU in torch 2.x: it
-    fails ``torch.autograd.gradgradcheck``, and its H v is 79% off a finite difference
-    of the gradient on a small MLP. ``v * g / ||v||`` (per output, via
-    ``torch.norm_except_dim``) is the same function, bit for bit in the forward, and
-    autograd differentiates it twice correctly. The swap is process-wide for the block
-    and only made when the model has a weight-norm parametrization.
-    """
-    weight_norm = getattr(torch.nn.utils.parametrizations, "_WeightNorm", None)
-    if weight_norm is None or not any(isinstance(m, weight_norm) for m in model.modules()):
-        yield
-        return
-    original = torch._weight_norm
-    torch._weight_norm = _weight_norm_composite
-    try:
-        yield
-    finally:
-        torch._weight_norm = original
 
 
 # --------------------------------------------------------------------------- data

@@ -69,6 +69,7 @@ import torch
 from torch import Tensor, nn
 
 from babysit.errors import BabysitError
+from babysit.nets.double_backward import twice_differentiable
 
 MAX_PARAMETERS = 5000  # a 5,000 x 5,000 Hessian: 100 MB in float32, a solve of about 1 s on a CPU core
 DAMPING_FLOOR = 1e-8  # where λ restarts when it was 0 and has to grow
@@ -139,7 +140,7 @@ class Newton(torch.optim.Optimizer):
         ``state_dict``).
     max_tries: trial steps per ``step`` before giving up on it (λ grows tenfold each).
     module: the model, when known: a weight-norm model's Hessian then goes through
-        :func:`babysit.landscape.hvp.twice_differentiable` (torch's fused weight norm has a
+        :func:`babysit.nets.double_backward.twice_differentiable` (torch's fused weight norm has a
         wrong double backward on the CPU).
     max_parameters: the limit on the number of parameters (see :func:`check_parameter_count`).
     """
@@ -215,8 +216,6 @@ class Newton(torch.optim.Optimizer):
     def _twice_differentiable(self) -> contextlib.AbstractContextManager[None]:
         if self.module is None:
             return contextlib.nullcontext()
-        from babysit.landscape.hvp import twice_differentiable
-
         return twice_differentiable(self.module)
 
     @staticmethod

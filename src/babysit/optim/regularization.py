@@ -93,9 +93,9 @@ def apply_max_norm(model: nn.Module, max_norm: float) -> None:
             continue
         if parametrize.is_parametrized(module, "weight"):
             chain = module.parametrizations.weight
-            kind = type(chain[0]).__name__
+            parametrization = type(chain[0]).__name__
             # g has one entry per output unit only when weight norm works along dim 0
-            if len(chain) == 1 and kind == "_WeightNorm" and chain[0].dim == dim == 0:
+            if len(chain) == 1 and parametrization == "_WeightNorm" and chain[0].dim == dim == 0:
                 chain.original0.clamp_(-max_norm, max_norm)
             continue
         weight = module.weight

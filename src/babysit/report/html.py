@@ -40,11 +40,15 @@ from typing import Any
 import numpy as np
 
 from babysit.checks.findings import FINDINGS
+from babysit.config import validate
 from babysit.errors import BabysitError
+from babysit.families import Family, family_of
+from babysit.families.standard import STANDARD
 from babysit.report import figures
 from babysit.report.page import data_uri, escape, figure, number, page, table, write_page
 from babysit.rundir import RunFiles, read_json, read_run
 from babysit.train.checkpoint import load_checkpoint
+from babysit.train.ensemble import snapshot_line
 
 MAX_LANDSCAPE_PNG = 2_000_000  # bytes; a bigger figure is named, not embedded (the page stays small)
 
@@ -132,18 +136,26 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+def family_of_run(run: RunFiles) -> Family:
+    """The family of the run's spec (the standard one when config.yaml is not a valid spec)."""
+    try:
+        return family_of(validate(run.spec))
+    except BabysitError:
+        return STANDARD
+
+
 def _header(run: RunFiles) -> str:
     s = run.summary
     spec_rows = [(f"<th>{escape(k)}</th>", escape(v)) for k, v in _spec_essentials(run.spec)]
     spec_table = "<table><tbody>" + "".join(f"<tr>{k}<td>{v}</td></tr>" for k, v in spec_rows) + "</tbody></table>"
     splits = [split for split in ("train", "val", "test") if f"{split}_loss" in s]
-    adversarial = [k for k in ("d_loss", "g_loss", "d_real", "d_fake", "diversity") if k in s]  # a GAN's
+    own = [k for k in family_of_run(run).result_keys if k in s]  # a family's own figures (a GAN's)
     has_acc = any(f"{split}_acc" in s for split in splits)  # a regression has none
     metrics = table(["split", "loss", *(["accuracy"] if has_acc else [])],
                      [[escape(split), number(s.get(f"{split}_loss")),
                        *([_metric(s.get(f"{split}_acc"), "_acc")] if has_acc else [])]
                       for split in splits]) if splits else (
-        table(["last epoch", "value"], [[escape(k), number(s[k])] for k in adversarial]) if adversarial else
+        table(["last epoch", "value"], [[escape(k), number(s[k])] for k in own]) if own else
         '<p class="muted">No final metrics (summary.json is missing: the run did not finish).</p>')
     facts = []
     if "epochs" in s:
@@ -157,8 +169,6 @@ def _header(run: RunFiles) -> str:
     stop = f"<p>{escape(s['stop_reason'])}</p>" if s.get("stop_reason") else ""
     diverged = '<p class="severity error">The run diverged.</p>' if s.get("diverged") else ""
     if isinstance(s.get("snapshot_ensemble"), dict):  # train.snapshots
-        from babysit.train.ensemble import snapshot_line
-
         stop += f"<p>{escape(snapshot_line(s['snapshot_ensemble']))}</p>"
     return (f"<header><h1>{escape(run.name)}</h1><p class=\"muted\">{escape(run.path)}</p>"
             f"<p>{' · '.join(facts)}</p>{stop}{diverged}</header>"
@@ -248,7 +258,7 @@ def _curves_section(run: RunFiles) -> str:
     if not run.history:
         return '<section><h2 id="curves">Learning curves</h2><p class="muted">No epochs logged.</p></section>'
     best = run.summary.get("best_epoch")
-    if any("d_loss" in r for r in run.history):  # a GAN: two adversarial losses, no validation
+    if family_of_run(run).result_keys:  # a GAN: two adversarial losses, no validation
         return (f'<section><h2 id="curves">Learning curves</h2>'
                 f"{figure(figures.gan_curves(run.history), 'Per epoch: the discriminator and generator losses, the discriminator probability of real on real and generated examples, and the diversity of generated examples (mean pairwise distance, over the data).')}"
                 "</section>")

@@ -13,6 +13,6 @@ directory are named, written and read by :mod:`babysit.rundir`.
 
 from babysit.run.load import LoadedRun, load_run
 from babysit.run.prepare import make_penalty, prepare
-from babysit.run.runner import RunResult, run
+from babysit.run.runner import Assembled, RunResult, assemble, run
 
-__all__ = ["LoadedRun", "RunResult", "load_run", "make_penalty", "prepare", "run"]
+__all__ = ["Assembled", "LoadedRun", "RunResult", "assemble", "load_run", "make_penalty", "prepare", "run"]

@@ -62,7 +62,7 @@ from babysit.train.callbacks import (
 from babysit.train.checkpoint import load_checkpoint, set_rng_state
 from babysit.train.device import environment
 from babysit.train.distributed import DistributedContext, SingleProcess, in_process_group
-from babysit.train.ensemble import evaluate_snapshots, snapshot_callback
+from babysit.train.ensemble import cycle_end_steps, evaluate_snapshots, snapshot_callback
 from babysit.train.loop import Callback, LoopState, Trainer
 
 
@@ -75,6 +75,40 @@ class RunResult:
     findings: list[Any] = field(default_factory=list)
     rank: int = 0  # under torchrun, this process's rank: only rank 0 wrote the run directory
     spec: Experiment | None = None  # what ran
+
+
+@dataclass
+class Assembled:
+    """Everything a run builds before it writes anything (see :func:`assemble`)."""
+
+    family: Family
+    device: torch.device
+    splits: data_module.Splits
+    model: nn.Module
+    loss_fn: Any
+    generator: torch.Generator  # the batches' shuffling
+    batches: Batches
+    optimizer: Any
+    schedule: Any
+    step: Any  # the family's own training step, or None
+
+
+def assemble(spec: Experiment, splits: data_module.Splits | None = None, cluster: Any = None) -> Assembled:
+    """The family's refusals, then the device, data, network, loss, batches, optimizer,
+    schedule and training step of a run: what ``babysit train`` builds before it writes
+    anything, and what ``babysit check`` builds to refuse exactly what train refuses."""
+    group = cluster or SingleProcess()
+    family = family_of(spec)
+    device, splits, model, loss_fn = prepare(spec, splits, two_networks=True)
+    generator = torch.Generator().manual_seed(spec.seed)
+    batches = Batches(splits.train.x, splits.train.y, spec.data.batch_size, generator,
+                      **group.batch_shard(spec.data.batch_size))  # this rank's part of each batch
+    optimizer, schedule = family.optimizer(spec, model, len(batches))
+    step = family.train_step(spec, model, optimizer)
+    group.check_trainable(optimizer, step)
+    if spec.train.snapshots is not None:  # refused now, not at the first cycle's end
+        cycle_end_steps(spec.schedule, len(batches), spec.train.epochs)
+    return Assembled(family, device, splits, model, loss_fn, generator, batches, optimizer, schedule, step)
 
 
 def check_resume_spec(saved: Experiment, given: Experiment) -> None:
@@ -133,13 +167,10 @@ def run(
     path, resume = group.agree_run_directory(spec.run_name, out, resume)  # rank 0 decides
     if resume and main:
         check_resume_spec(config_module.load(path / "config.yaml"), spec)
-    device, splits, model, loss_fn = prepare(spec, splits, two_networks=True)  # given splits: a cross-validation fold
-    generator = torch.Generator().manual_seed(spec.seed)
-    batches = Batches(splits.train.x, splits.train.y, spec.data.batch_size, generator,
-                      **group.batch_shard(spec.data.batch_size))  # this rank's part of each batch
-    optimizer, schedule = family.optimizer(spec, model, len(batches))
-    step = family.train_step(spec, model, optimizer)
-    group.check_trainable(optimizer, step)  # before anything is written
+    built = assemble(spec, splits, group)  # given splits: a cross-validation fold
+    device, splits, model, loss_fn = built.device, built.splits, built.model, built.loss_fn
+    generator, batches, optimizer, schedule, step = (built.generator, built.batches, built.optimizer, built.schedule,
+                                                     built.step)
     penalty, activity = make_penalty(spec, model)
     max_norm = spec.regularization.max_norm
     context = RunContext(spec=spec, path=path, splits=splits, model=model, loss_fn=loss_fn,
@@ -303,4 +334,4 @@ def first_loss(path: Path) -> float | None:
     return loss if isinstance(loss, (int, float)) else None
 
 
-__all__ = ["RunResult", "check_resume_spec", "first_loss", "run", "summarise", "write_report"]
+__all__ = ["Assembled", "RunResult", "assemble", "check_resume_spec", "first_loss", "run", "summarise", "write_report"]

@@ -41,6 +41,7 @@ from torch import nn
 
 from babysit.errors import BabysitError
 from babysit.optim.optimizers import build_optimizer
+from babysit.run import prepare
 from babysit.rundir import write_json
 from babysit.tune.progress import StepProgress
 
@@ -283,8 +284,6 @@ def batch_find_from_spec(spec: Experiment, *, max_batch: int | None = None, step
     >>> r.sizes
     [8, 16, 32]
     """
-    from babysit.run import prepare
-
     if spec.optimizer.name in ("lbfgs", "newton"):
         raise BabysitError(f"optimizer.name: batch-find times single optimizer steps; {spec.optimizer.name} runs a "
                            "line search or a Newton solve per step, choose another optimizer")

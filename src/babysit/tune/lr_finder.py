@@ -67,6 +67,7 @@ from torch import nn
 from babysit.data.batching import Batches
 from babysit.errors import BabysitError
 from babysit.optim.optimizers import build_optimizer
+from babysit.run import prepare
 from babysit.rundir import jsonable, next_free, write_json
 from babysit.tune.progress import StepProgress
 
@@ -359,8 +360,6 @@ def lr_find_from_spec(spec: Experiment, *, start: float = 1e-7, end: float = 10.
     >>> len(r.lrs) <= 30 and r.suggestion > 0
     True
     """
-    from babysit.run import prepare
-
     _check_range(start, end, steps)
     if spec.optimizer.name in ("lbfgs", "newton"):
         raise BabysitError(f"optimizer.name: {spec.optimizer.name} picks its own step (line search / Newton solve), "

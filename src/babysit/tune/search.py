@@ -72,6 +72,8 @@ from optuna.trial import TrialState
 
 from babysit.config import Experiment, SearchDistribution, set_dotted, validate
 from babysit.errors import BabysitError
+from babysit.families import family_of
+from babysit.report.figures import png_bytes
 from babysit.run import run
 from babysit.rundir import dumps, write_bytes, write_json, write_text
 from babysit.tune.folds import DataCache, cross_validation_folds
@@ -313,8 +315,9 @@ def search(
         raise BabysitError(f"--folds: K-fold cross-validation needs K >= 2; got {folds}")
     if sampler not in SAMPLERS:
         raise BabysitError(f"--sampler: must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
-    if spec.model.kind == "gan":
-        raise BabysitError("search: a gan has no validation loss to score trials by; search its parts' specs instead")
+    refusal = family_of(spec).single_network_refusal  # trials are scored by one network's validation loss
+    if refusal is not None:
+        raise BabysitError(f"search: {refusal}")
     if out is None:  # runs/<name>-search (runs/<name> for a spec already named *-search)
         out = Path("runs") / (spec.run_name if spec.run_name.endswith("-search") else f"{spec.run_name}-search")
     out = Path(out)
@@ -456,8 +459,6 @@ def write_search(result: SearchResult, spec: Experiment) -> dict[str, Path]:
     files["json"] = out / "trials.json"
     figure = search_figure(result)
     if figure is not None:
-        from babysit.report.figures import png_bytes
-
         write_bytes(out / "search.png", png_bytes(figure, dpi=100))
         files["figure"] = out / "search.png"
     return files
@@ -491,7 +492,7 @@ def search_figure(result: SearchResult) -> Any:
 
     for ax, key in zip(axes, keys, strict=True):
         d = result.space[key]
-        labels = [encode_choice(c) for c in d.choices] if d.kind == "choice" else None
+        labels = [encode_choice(c) for c in d.choices] if d.is_choice else None
 
         def x_of(row: dict[str, Any], labels: list[Any] | None = labels, key: str = key) -> float:
             value = row.get(key)

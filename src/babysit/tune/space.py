@@ -88,7 +88,7 @@ def decode_params(params: dict[str, Any], space: dict[str, SearchDistribution]) 
     values = {}
     for key, value in params.items():
         d = space.get(key)
-        if d is not None and d.kind == "choice":
+        if d is not None and d.is_choice:
             encoded = [encode_choice(c) for c in d.choices]
             value = d.choices[encoded.index(value)] if value in encoded else value
         values[key] = value
@@ -104,20 +104,20 @@ def optuna_distribution(distribution: SearchDistribution) -> BaseDistribution:
     >>> optuna_distribution(parse_distribution("loguniform(1e-4, 1)"))
     FloatDistribution(high=1.0, log=True, low=0.0001, step=None)
     """
-    if distribution.kind == "choice":
+    if distribution.is_choice:
         return CategoricalDistribution([encode_choice(c) for c in distribution.choices])
-    if distribution.kind == "intuniform":
+    if distribution.is_integer:
         return IntDistribution(int(distribution.low), int(distribution.high))
     return FloatDistribution(float(distribution.low), float(distribution.high), log=distribution.log)
 
 
 def suggest(trial: optuna.Trial, key: str, distribution: SearchDistribution) -> Any:
     """Draw ``key`` for ``trial``; returns the value the spec takes (a list for a list choice)."""
-    if distribution.kind == "choice":
+    if distribution.is_choice:
         encoded = [encode_choice(c) for c in distribution.choices]
         drawn = trial.suggest_categorical(key, encoded)
         return distribution.choices[encoded.index(drawn)]
-    if distribution.kind == "intuniform":
+    if distribution.is_integer:
         return trial.suggest_int(key, int(distribution.low), int(distribution.high))
     return trial.suggest_float(key, float(distribution.low), float(distribution.high), log=distribution.log)
 
@@ -160,10 +160,10 @@ def grid_values(distribution: SearchDistribution, points: int) -> list[Any]:
     >>> grid_values(parse_distribution("loguniform(1e-4, 1e-2)"), 3)
     [0.0001, 0.001, 0.01]
     """
-    if distribution.kind == "choice":
+    if distribution.is_choice:
         return [encode_choice(c) for c in distribution.choices]
     low, high = distribution.low, distribution.high
-    if distribution.kind == "intuniform":
+    if distribution.is_integer:
         return sorted({int(round(v)) for v in np.linspace(low, high, min(points, int(high - low) + 1))})
     if distribution.log:
         return [float(f"{v:.6g}") for v in np.geomspace(low, high, points)]
@@ -173,24 +173,24 @@ def grid_values(distribution: SearchDistribution, points: int) -> list[Any]:
 def grid_space(space: dict[str, SearchDistribution], trials: int) -> dict[str, list[Any]]:
     """A grid of about ``trials`` points: every choice of the categorical keys, and the same
     number of points (at least 2) along each numeric key."""
-    categorical = math.prod(len(d.choices) for d in space.values() if d.kind == "choice")
-    numeric = sum(d.kind != "choice" for d in space.values())
+    categorical = math.prod(len(d.choices) for d in space.values() if d.is_choice)
+    numeric = sum(not d.is_choice for d in space.values())
     points = max(2, int((trials / categorical) ** (1 / numeric) + 1e-9)) if numeric else 0
     return {key: grid_values(d, points) for key, d in space.items()}
 
 
-def make_sampler(kind: str, space: dict[str, SearchDistribution], trials: int, seed: int) -> tuple[BaseSampler, int]:
+def make_sampler(name: str, space: dict[str, SearchDistribution], trials: int, seed: int) -> tuple[BaseSampler, int]:
     """The Optuna sampler for ``--sampler`` and how many trials it can give (a grid is finite)."""
-    if kind == "random":
+    if name == "random":
         return TrialSeededRandomSampler(seed), trials
-    if kind == "tpe":
+    if name == "tpe":
         # TPE chooses from the study's history, so processes sharing a study choose differently
         # anyway; the process id keeps their first random draws apart.
         return TPESampler(seed=(seed * 1_000_003 + os.getpid()) % 2**32), trials
-    if kind == "grid":
+    if name == "grid":
         grid = grid_space(space, trials)
         return GridSampler(grid, seed=seed), min(trials, math.prod(len(v) for v in grid.values()))
-    raise BabysitError(f"--sampler: must be one of {', '.join(SAMPLERS)}; got {kind!r}")
+    raise BabysitError(f"--sampler: must be one of {', '.join(SAMPLERS)}; got {name!r}")
 
 
 # --------------------------------------------------------------------------- refine
@@ -220,7 +220,7 @@ def refine_space(space: dict[str, SearchDistribution], finished: list[FrozenTria
     top = ranked[:max(3, math.ceil(REFINE_TOP_FRACTION * len(ranked)))]
     refined = {}
     for key, d in space.items():
-        if d.kind == "choice":
+        if d.is_choice:
             encoded = [encode_choice(c) for c in d.choices]
             used = {t.params[key] for t in top if key in t.params}
             refined[key] = SearchDistribution("choice", choices=tuple(c for c, e in zip(d.choices, encoded, strict=True)
@@ -235,7 +235,7 @@ def refine_space(space: dict[str, SearchDistribution], finished: list[FrozenTria
         else:
             margin = REFINE_LINEAR_MARGIN * (d.high - d.low)
             low, high = max(d.low, min(values) - margin), min(d.high, max(values) + margin)
-        if d.kind == "intuniform":
+        if d.is_integer:
             low, high = int(math.floor(low)), int(math.ceil(high))
         else:
             low, high = float(f"{low:.6g}"), float(f"{high:.6g}")
@@ -273,7 +273,7 @@ def space_from_json(raw: dict[str, Any]) -> dict[str, SearchDistribution]:
 
 def describe(distribution: SearchDistribution) -> str:
     """The spec text of a distribution, e.g. ``loguniform(0.001, 0.1)``."""
-    if distribution.kind == "choice":
+    if distribution.is_choice:
         return f"choice({', '.join(dumps(c) if not isinstance(c, str) else c for c in distribution.choices)})"
     return f"{distribution.kind}({distribution.low:g}, {distribution.high:g})"
 
