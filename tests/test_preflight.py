@@ -89,7 +89,7 @@ def test_write_findings_most_severe_first_and_json(tmp_path):
     written = json.loads(path.read_text())
     assert [f["severity"] for f in written] == ["error", "warning", "info"]
     assert written[0]["layer"] == "hidden.0" and written[0]["step"] == 3
-    assert written[0]["evidence"]["x"] == "nan" and written[2]["evidence"]["gap"] == 0.5
+    assert written[0]["evidence"]["x"] is None and written[2]["evidence"]["gap"] == 0.5
     assert "layer" not in written[1]
 
 

@@ -269,12 +269,18 @@ class RunFiles:
 
     def checkpoint(self) -> Path | None:
         """The weights to use: ``best.pt`` (early stopping's best), else ``last.pt``; None when neither."""
-        return next((p for p in (self.path / "checkpoints" / "best.pt", self.path / "checkpoints" / "last.pt")
-                     if p.is_file()), None)
+        return weights_file(self.path)
 
     def experiment(self) -> Any:
         """The resolved spec as a validated :class:`babysit.config.Experiment`."""
         return config.load(self.path / "config.yaml")
+
+
+def weights_file(run_dir: str | Path) -> Path | None:
+    """The checkpoint whose weights a finished run stands for: ``checkpoints/best.pt`` (early
+    stopping's best), else ``last.pt``; None when the run saved neither."""
+    folder = Path(run_dir) / "checkpoints"
+    return next((p for p in (folder / "best.pt", folder / "last.pt") if p.is_file()), None)
 
 
 def require_run(run_dir: str | Path) -> Path:
@@ -319,5 +325,5 @@ def read_run(run_dir: str | Path) -> RunFiles:
 
 
 __all__ = ["RunFiles", "atomic_write", "dumps", "is_run", "json_line", "jsonable", "next_free", "read_json",
-           "read_json_list", "read_jsonl", "read_run", "require_run", "run_directory", "save_npz", "truncate_jsonl",
+           "read_json_list", "read_jsonl", "read_run", "require_run", "run_directory", "save_npz", "weights_file", "truncate_jsonl",
            "write_bytes", "write_json", "write_text"]

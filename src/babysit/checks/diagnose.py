@@ -46,7 +46,6 @@ Example
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -60,6 +59,7 @@ from babysit.checks.findings import Finding
 from babysit.checks.monitors import monitor_summary
 from babysit.errors import BabysitError
 from babysit.optim import losses
+from babysit.rundir import read_json, read_jsonl
 
 # --------------------------------------------------------------------------- thresholds
 # Measured on the calibration runs (module docstring); "ref" is the reference loss.
@@ -732,26 +732,6 @@ def diagnose(
     return sorted(found, key=lambda f: rank[f.severity])
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _chance_and_task(spec: Any) -> tuple[float | None, str]:
     """The chance loss and task of a run's data (loads the data; None when it cannot)."""
     try:
@@ -784,8 +764,9 @@ def diagnose_run(path: str | Path, *, chance_loss: float | None = None, task: st
     metrics = path / "metrics.jsonl"
     if not metrics.is_file():
         raise BabysitError(f"{path}: not a run directory (no metrics.jsonl)")
-    history = _read_jsonl(metrics)
-    summary = _read_json(path / "summary.json")
+    history = read_jsonl(metrics)
+    summary = read_json(path / "summary.json")
+    summary = summary if isinstance(summary, dict) else None
     epochs_planned, early_stopping = None, True
     if (path / "config.yaml").is_file():
         spec = config_module.load(path / "config.yaml")
@@ -793,7 +774,7 @@ def diagnose_run(path: str | Path, *, chance_loss: float | None = None, task: st
         early_stopping = spec.train.early_stopping.patience is not None
         if chance_loss is None or task is None:
             chance_loss, task = _chance_and_task(spec)
-    records = _read_jsonl(path / "monitors.jsonl") if (path / "monitors.jsonl").is_file() else []
+    records = read_jsonl(path / "monitors.jsonl") if (path / "monitors.jsonl").is_file() else []
     initial = _number(records[0].get("loss")) if records else None
     ratios = monitor_summary(records)["update_ratio_median"] if records else None
     return diagnose(

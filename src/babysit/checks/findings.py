@@ -17,11 +17,11 @@ Example
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from babysit.rundir import jsonable, write_json
 
 # id -> short title. Grouped as DESIGN.md groups them: before / while / after training.
 FINDINGS: dict[str, str] = {
@@ -91,23 +91,8 @@ class Finding:
         {'layer_units': 4}
         """
         out = asdict(self)
-        out["evidence"] = _jsonable(self.evidence)
+        out["evidence"] = jsonable(self.evidence)
         return {key: value for key, value in out.items() if value is not None}
-
-
-def _jsonable(value: Any) -> Any:
-    """Numbers from torch / numpy as Python floats and ints; non-finite floats as strings."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
-        value = value.item()
-    if hasattr(value, "tolist"):
-        return _jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no nan / inf
-    return value
 
 
 def sort_findings(findings: list[Finding]) -> list[Finding]:
@@ -120,16 +105,13 @@ def write_findings(path: str | Path, findings: list[Finding]) -> None:
 
     Example
     -------
-    >>> import tempfile, os
+    >>> import json, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "findings.json")
     >>> write_findings(path, [Finding("overfitting", "warning", "m", "a", {})])
     >>> json.load(open(path))[0]["id"]
     'overfitting'
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = [f.to_dict() for f in sort_findings(findings)]
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(path, [f.to_dict() for f in sort_findings(findings)])  # atomic; NaN and inf as null
 
 
 def finding_lines(findings: list[Finding]) -> list[str]:

@@ -33,7 +33,7 @@ from babysit.families.autoencoder import shown_split
 from babysit.families.protocol import RunContext
 from babysit.families.standard import StandardFamily, per_token
 from babysit.nets.gpt import generate
-from babysit.rundir import read_run, write_text
+from babysit.rundir import read_run, write_json
 from babysit.train.checkpoint import load_checkpoint
 
 SAMPLE_PROMPT_CHARS = 32  # the report's text sample continues this much of the test text
@@ -69,13 +69,13 @@ class LanguageFamily(StandardFamily):
         spec, model, splits = run.spec, run.model, run.splits
         if splits.class_names is None or not per_token(splits):
             return
-        write_text(run.path / "vocab.json", json.dumps(splits.class_names) + "\n")
+        write_json(run.path / "vocab.json", splits.class_names, indent=None)
         if spec.model.kind != "gpt":
             return
         was_training = model.training
         model.eval()
         try:
-            write_text(run.path / "text_sample.json", json.dumps(text_sample(spec, model, splits)) + "\n")
+            write_json(run.path / "text_sample.json", text_sample(spec, model, splits), indent=None)
         finally:
             model.train(was_training)
 

@@ -43,6 +43,7 @@ class SeparationStop(Callback):
 
     Example
     -------
+    >>> import torch
     >>> from babysit.data.batching import Batches
     >>> x = torch.tensor([[2.0, 1.0], [1.0, 2.0], [-2.0, -1.0], [-1.0, -2.0]])
     >>> y = torch.tensor([1, 1, 0, 0])

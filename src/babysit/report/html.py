@@ -46,7 +46,7 @@ from babysit.families import Family, family_of
 from babysit.families.standard import STANDARD
 from babysit.report import figures
 from babysit.report.page import data_uri, escape, figure, number, page, table, write_page
-from babysit.rundir import RunFiles, read_json, read_run
+from babysit.rundir import RunFiles, read_json, read_run, weights_file
 from babysit.train.checkpoint import load_checkpoint
 from babysit.train.ensemble import snapshot_line
 
@@ -68,8 +68,7 @@ def first_layer_weight(run_dir: str | Path) -> tuple[str, Any, str] | None:
     >>> first_layer_weight("/nonexistent/run") is None
     True
     """
-    for name in ("best.pt", "last.pt"):
-        path = Path(run_dir) / "checkpoints" / name
+    for path in [p for p in (weights_file(run_dir), Path(run_dir) / "checkpoints" / "last.pt") if p is not None]:
         if not path.exists():
             continue
         try:
@@ -79,7 +78,7 @@ def first_layer_weight(run_dir: str | Path) -> tuple[str, Any, str] | None:
         tensors = [(k, v) for k, v in state.items() if hasattr(v, "dim") and v.dim() >= 2 and v.is_floating_point()]
         chosen = next(((k, v) for k, v in tensors if k.endswith("weight")), tensors[0] if tensors else None)
         if chosen is not None:
-            return chosen[0], chosen[1].detach().float().cpu().numpy(), name
+            return chosen[0], chosen[1].detach().float().cpu().numpy(), path.name
     return None
 
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from babysit import config
 from babysit.errors import BabysitError
 from babysit.run.prepare import prepare
+from babysit.rundir import weights_file
 from babysit.train.checkpoint import load_checkpoint
 
 # --------------------------------------------------------------------------- loading a run
@@ -82,10 +83,10 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
         raise BabysitError(f"{path}: no such run directory")
     if not (path / "config.yaml").is_file():
         raise BabysitError(f"{path}: not a run directory (no config.yaml); give the folder babysit train wrote")
-    checkpoints = path / "checkpoints"
-    name = next((n for n in ("best.pt", "last.pt") if (checkpoints / n).is_file()), None)
-    if name is None:
+    weights = weights_file(path)
+    if weights is None:
         raise BabysitError(f"{path}: no checkpoint (checkpoints/best.pt or last.pt); the run stopped before saving one")
+    checkpoints, name = weights.parent, weights.name
     spec = config.load(path / "config.yaml", [f"train.device={torch.device(device).type}"])
     with _global_rng_kept():
         device_used, splits, model, loss_fn = prepare(spec)

@@ -180,38 +180,20 @@ def run(
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
         config_module.save(spec, path / "config.yaml")
     preflight_found: list[Finding] | None = None  # None: kept from the first segment of a resumed run
-    if spec.checks.preflight and not resume and main:
-        preflight_found = family.preflight(spec, model, loss_fn, splits)
-        write_findings(path / "findings.json", preflight_found)
-        if not quiet:
-            for line in finding_lines(preflight_found):
-                print(f"preflight {line}", file=progress_stream or sys.stdout)
-    elif not resume:
-        preflight_found = []
-
+    if not resume:
+        preflight_found = _preflight(family, context, None if quiet else progress_stream or sys.stdout) if main else []
     early = (EarlyStopping(spec.train.early_stopping.monitor, spec.train.early_stopping.patience,
                            spec.train.early_stopping.min_delta) if family.early_stopping else None)
     state, checkpoint = LoopState(), None
     if resume:
-        # on the CPU: RNG and generator states must be CPU tensors; load_state_dict moves the rest
-        checkpoint = group.broadcast_checkpoint(  # from rank 0: the other machines need no shared file system
-            load_checkpoint(path / "checkpoints" / "last.pt", map_location="cpu") if main else None)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if schedule is not None and checkpoint.get("schedule") is not None:
-            schedule.load_state_dict(checkpoint["schedule"])
-        state = LoopState.from_checkpoint(checkpoint["loop"])
-        generator.set_state(checkpoint["generator"])
-        set_rng_state(checkpoint["rng"])
-        if main and early is not None and checkpoint.get("early_stopping") is not None:
-            best_path = path / "checkpoints" / "best.pt"
-            best = {k: v.to(device) for k, v in load_checkpoint(best_path)["model"].items()} if best_path.exists() else None
-            early.load_state_dict(checkpoint["early_stopping"], best)
+        # from rank 0: the other machines need no shared file system
+        checkpoint = group.broadcast_checkpoint(_last_checkpoint(path) if main else None)
+        state = _restore(checkpoint, built, early if main else None, path)
         if main:
             truncate_jsonl(path / "metrics.jsonl", state.step)
 
     callbacks, monitors = _callbacks(spec, family, context, early, generator, state.step,
-                                     extra_callbacks or [], None if quiet else progress_stream or sys.stdout)
+                                     extra_callbacks or [], None if quiet else progress_stream or sys.stdout, main)
     trainer = Trainer(
         model, loss_fn, optimizer, schedule=schedule, callbacks=callbacks,
         predict=(lambda out, _name=spec.loss: losses.predict(out, _name)) if splits.task == "classification" else None,
@@ -244,17 +226,53 @@ def run(
     return RunResult(path=path, summary=summary, model=model, splits=splits, findings=findings, spec=spec)
 
 
+def _preflight(family: Family, context: RunContext, stream: Any) -> list[Finding]:
+    """The family's preflight checks (when ``checks.preflight``), written to findings.json and
+    printed one a line to ``stream`` (None: quiet)."""
+    spec = context.spec
+    if not spec.checks.preflight:
+        return []
+    found = family.preflight(spec, context.model, context.loss_fn, context.splits)
+    write_findings(context.path / "findings.json", found)
+    for line in finding_lines(found) if stream is not None else []:
+        print(f"preflight {line}", file=stream)
+    return found
+
+
+def _last_checkpoint(path: Path) -> dict[str, Any]:
+    # on the CPU: RNG and generator states must be CPU tensors; load_state_dict moves the rest
+    return load_checkpoint(path / "checkpoints" / "last.pt", map_location="cpu")
+
+
+def _restore(checkpoint: dict[str, Any], built: Assembled, early: EarlyStopping | None, path: Path) -> LoopState:
+    """Put the weights, optimizer, schedule, RNGs and early stopping (with its best weights)
+    back as the checkpoint saved them; returns the loop state to continue from."""
+    built.model.load_state_dict(checkpoint["model"])
+    built.optimizer.load_state_dict(checkpoint["optimizer"])
+    if built.schedule is not None and checkpoint.get("schedule") is not None:
+        built.schedule.load_state_dict(checkpoint["schedule"])
+    built.generator.set_state(checkpoint["generator"])
+    set_rng_state(checkpoint["rng"])
+    if early is not None and checkpoint.get("early_stopping") is not None:
+        best_path = path / "checkpoints" / "best.pt"
+        best = ({k: v.to(built.device) for k, v in load_checkpoint(best_path)["model"].items()}
+                if best_path.exists() else None)
+        early.load_state_dict(checkpoint["early_stopping"], best)
+    return LoopState.from_checkpoint(checkpoint["loop"])
+
+
 def _callbacks(spec: Experiment, family: Family, context: RunContext, early: EarlyStopping | None,
-               generator: torch.Generator, step: int, extra: list[Callback], progress_stream: Any
+               generator: torch.Generator, step: int, extra: list[Callback], progress_stream: Any, main: bool
                ) -> tuple[list[Callback], MonitorCallback | None]:
     """The run's callbacks, in the order they run: the family's first (they may add to an
     epoch's logs), the standard ones, the caller's ``extra``, the progress bar last (when
-    ``progress_stream`` is given); and the monitor callback. ``step``: where a resumed run starts."""
+    ``progress_stream`` is given); and the monitor callback. ``step``: where a resumed run starts;
+    ``main``: this process writes the run directory (rank 0)."""
     path, resume = context.path, context.resume
     metrics = MetricsLogger(path / "metrics.jsonl", spec.train.log_every)
     monitors: MonitorCallback | None = None
     if spec.checks.monitors:
-        if resume:
+        if resume and main:
             truncate_jsonl(path / "monitors.jsonl", step)
         monitors = MonitorCallback(path / "monitors.jsonl", every=spec.checks.every,
                                    explosion_factor=family.explosion_factor(spec),

@@ -176,11 +176,11 @@ def _activation_rule(records: list[dict[str, Any]], key: str, threshold: float, 
         recs = [r for r in records if key in r["layers"].get(name, {})]
         values = [r["layers"][name][key] for r in recs]
         flags = [v >= threshold for v in values]
-        kind = _persistence(flags)
-        if kind == "ongoing":
+        persistence = _persistence(flags)
+        if persistence == "ongoing":
             ongoing[name] = _median(values[-max(1, len(values) // 3):])
             first_step[name] = recs[flags.index(True)]["step"]
-        elif kind == "at_init":
+        elif persistence == "at_init":
             at_init[name] = (values[0], _recovered_step(recs, flags))
     if ongoing:
         worst = max(ongoing, key=ongoing.__getitem__)
@@ -217,11 +217,11 @@ def _collapse_rule(records: list[dict[str, Any]]) -> list[Finding]:
         flags.append(low >= 2 and stds[low] < COLLAPSE_RATIO * stds[0] and falls >= low - 1)
         # the onset: the first layer whose std is under half that of the layer before it
         firsts.append(next((names[k] for k in range(1, len(stds)) if stds[k] < 0.5 * stds[k - 1]), names[low]))
-    kind = _persistence(flags)
-    if kind is None:
+    persistence = _persistence(flags)
+    if persistence is None:
         return []
-    index = len(flags) - 1 if kind == "ongoing" else 0
-    while kind == "ongoing" and not flags[index]:
+    index = len(flags) - 1 if persistence == "ongoing" else 0
+    while persistence == "ongoing" and not flags[index]:
         index -= 1
     stds = [records[index]["layers"][n]["act_std"] for n in names]
     layer = firsts[index]
@@ -229,10 +229,10 @@ def _collapse_rule(records: list[dict[str, Any]]) -> list[Finding]:
     text = (f"The activation std shrinks layer after layer, from {stds[0]:.3g} in {names[0]} to {stds[low]:.3g} in "
             f"{names[low]} (shrinking from {layer} on): deep layers see almost nothing, and their "
             "gradients are as small.")
-    if kind == "at_init":
+    if persistence == "at_init":
         text += f" This was so at initialisation and had cleared by step {_recovered_step(records, flags)}."
     return [Finding(
-        "activation_collapse", "warning" if kind == "ongoing" else "info", text,
+        "activation_collapse", "warning" if persistence == "ongoing" else "info", text,
         "The init is too small for this depth: use xavier (tanh/sigmoid) or kaiming (relu) init instead of a "
         "small init_std, or add batch normalisation.",
         {"act_std": dict(zip(names, stds, strict=False)), "ratio_smallest_to_first": stds[low] / stds[0],
@@ -261,11 +261,11 @@ def _gradient_depth_rules(records: list[dict[str, Any]]) -> list[Finding]:
     for finding_id, test, threshold in (("vanishing_gradients", lambda r: r < VANISHING_RATIO, VANISHING_RATIO),
                                         ("exploding_gradients", lambda r: r > EXPLODING_RATIO, EXPLODING_RATIO)):
         flags = [math.isfinite(r) and test(r) for r in ratios]
-        kind = _persistence(flags)
-        if kind is None:
+        persistence = _persistence(flags)
+        if persistence is None:
             continue
         tail = ratios[-max(1, len(ratios) // 3):]
-        ratio = _median(tail) if kind == "ongoing" else ratios[0]
+        ratio = _median(tail) if persistence == "ongoing" else ratios[0]
         if finding_id == "vanishing_gradients":
             text = (f"The gradient reaching {first} is {ratio:.2g}x the one at {last} (RMS per element): it fades "
                     "on the way back, so the first layers barely learn.")
@@ -276,10 +276,10 @@ def _gradient_depth_rules(records: list[dict[str, Any]]) -> list[Finding]:
                     "on the way back, so the first layers take huge, unstable steps.")
             advice = ("Scale the init down (xavier/kaiming instead of a large init_std), add batch normalisation, "
                       "clip gradients (optimizer.grad_clip) and lower the learning rate.")
-        if kind == "at_init":
+        if persistence == "at_init":
             text += f" This was so at initialisation and had cleared by step {_recovered_step(records, flags)}."
         found.append(Finding(
-            finding_id, "warning" if kind == "ongoing" else "info", text, advice,
+            finding_id, "warning" if persistence == "ongoing" else "info", text, advice,
             {"gradient_ratio_first_to_last": ratio, "threshold": threshold, "first_layer": first,
              "last_layer": last, "measured_on": key, "samples": len(ratios)},
             layer=first, step=records[flags.index(True)]["step"]))

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from babysit.checks.monitors import Monitor, monitor_line
 from babysit.config import EXPLOSION_FACTOR
 from babysit.train.loop import Callback, Trainer
-
-if TYPE_CHECKING:
-    from babysit.train.callbacks.tensorboard import TensorBoardLogger
 
 
 class MonitorCallback(Callback):
@@ -41,7 +38,7 @@ class MonitorCallback(Callback):
         self._handle = None
         self._unwritten: list[dict[str, Any]] = []
         self._last_flush = 0.0
-        self.tensorboard: TensorBoardLogger | None = None
+        self.tensorboard: Any = None  # the TensorBoardLogger that writes the samples (it sets itself here)
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
