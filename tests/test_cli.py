@@ -91,7 +91,7 @@ def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, capsys):
 
 def test_resume_needs_a_checkpoint(tmp_path, capsys):
     code, _, err = run_cli(["train", *FAST, "--out", str(tmp_path / "fresh"), "--resume"], capsys)
-    assert code == 2 and "no checkpoint to resume from" in err
+    assert code == 2 and "not a babysit run (no config.yaml); nothing to resume" in err
 
 
 def test_console_script_and_module_entry(tmp_path):

@@ -62,8 +62,9 @@ def train(
         "e.g. optimizer.lr=0.01 model.hidden=[256,256] data.batch_size=full.",
         show_default=False,
     ),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="The run directory (default runs/<name>, or runs/<name>-N when that exists)."
+    out_text: str | None = typer.Option(
+        None, "--out", "-o", help="The run directory (default runs/<name>, or runs/<name>-N when that exists): "
+        "a new or empty folder, or the run itself with --resume.", show_default=False,
     ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --out (or the newest runs/<name>*) from its last checkpoint."
@@ -86,11 +87,14 @@ def train(
     from babysit.run import run
     from babysit.run.summary import run_line, summary_table
 
+    if out_text is not None and not out_text.strip():  # typer would read '' as '.', the current folder
+        raise BabysitError("--out: empty; name the run directory (an unset shell variable?)")
+    out = Path(out_text) if out_text is not None else None
     spec_path, overrides = _split_spec_and_overrides(args or [])
     if resume and spec_path is None and out is not None:
         # resuming a run directory: its own config.yaml is the spec
-        if not (out / "checkpoints" / "last.pt").exists():
-            raise BabysitError(f"{out}: no checkpoint to resume from (expected {out / 'checkpoints' / 'last.pt'})")
+        if not (out / "config.yaml").is_file():
+            raise BabysitError(f"{out}: not a babysit run (no config.yaml); nothing to resume")
         spec_path = out / "config.yaml"
     spec = config.load(spec_path, overrides)
     result = run(spec, out, resume=resume, quiet=quiet)

@@ -36,6 +36,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -77,28 +78,127 @@ def is_run(path: Path) -> bool:
 
 
 RUNS = Path("runs")  # where runs go by default, under the working directory
+LOCK = ".babysit.lock"  # held by the process writing a run (see run_lock)
+# what a run writes besides config.yaml and its checkpoints: cleared when a run that never
+# reached its first checkpoint starts again in its own directory
+RUN_FILES = ("metrics.jsonl", "monitors.jsonl", "findings.json", "summary.json", "report.html",
+             "checkpoints/best.pt")
 
 
-def run_directory(name: str, out: str | Path | None, resume: bool) -> Path:
-    """The directory a run named ``name`` writes. ``out`` is the run directory itself; by
-    default ``runs/<name>``, with ``-2``, ``-3``... appended when that holds a run (a new run
-    never overwrites an old one). With ``resume`` and no ``out``, the newest ``runs/<name>*``
-    that has a checkpoint is continued."""
+def has_checkpoint(path: Path) -> bool:
+    return (path / "checkpoints" / "last.pt").is_file()
+
+
+def check_new_run_folder(path: Path) -> None:
+    """A new run goes only into a folder that is missing or empty (its own lock aside): never
+    over a user's files. Anything else is a BabysitError, with nothing written."""
+    if path.exists() and not path.is_dir():
+        raise BabysitError(f"{path}: is a file, not a folder; --out names the run directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BabysitError(f"{path}: {parent} is a file, so no folder can be made under it")
+            break
+    if is_run(path):
+        raise BabysitError(f"{path}: a run is already there; pass --resume to continue it or choose another --out")
+    if path.is_dir() and any(p.name != LOCK for p in path.iterdir()):
+        raise BabysitError(f"{path}: holds files that are not a babysit run; a run goes only into a new or "
+                           "empty folder, so choose another --out")
+
+
+def run_directory(name: str, out: str | Path | None, resume: bool) -> tuple[Path, bool]:
+    """The directory a run named ``name`` writes, and whether it continues from a checkpoint.
+
+    ``out`` is the run directory itself: a new run needs it missing or empty
+    (:func:`check_new_run_folder`). By default ``runs/<name>``, with ``-2``, ``-3``... appended
+    when that holds a run (a new run never overwrites an old one). With ``resume`` and no
+    ``out``, the newest ``runs/<name>*`` run is continued. A run to resume that stopped before
+    its first checkpoint is started again from the beginning (the second value is False)."""
     if out is not None:
+        if not str(out).strip():
+            raise BabysitError("--out: empty; name the run directory (an unset shell variable?)")
         path = Path(out)
-        if resume:
-            if not (path / "checkpoints" / "last.pt").exists():
-                raise BabysitError(f"{path}: no checkpoint to resume from (expected {path / 'checkpoints' / 'last.pt'})")
-        elif is_run(path):
-            raise BabysitError(f"{path}: a run is already there; pass --resume to continue it or choose another --out")
-        return path
+        if not resume:
+            check_new_run_folder(path)
+            return path, False
+        if not is_run(path):
+            raise BabysitError(f"{path}: not a babysit run (no config.yaml); nothing to resume")
+        return path, has_checkpoint(path)
     if resume:
-        candidates = [p for p in RUNS.glob(f"{name}*") if (p / "checkpoints" / "last.pt").exists()
+        candidates = [p for p in RUNS.glob(f"{name}*") if is_run(p)
                       and (p.name == name or p.name.removeprefix(name + "-").isdigit())]
         if not candidates:
             raise BabysitError(f"runs/{name}: no run to resume; train it first or pass --out RUN_DIR")
-        return max(candidates, key=lambda p: (p / "checkpoints" / "last.pt").stat().st_mtime)
-    return next_free(RUNS / name, taken=is_run)
+        newest = max(candidates, key=lambda p: (p / ("checkpoints/last.pt" if has_checkpoint(p) else "config.yaml")).stat().st_mtime)
+        return newest, has_checkpoint(newest)
+    return next_free(RUNS / name, taken=lambda p: is_run(p) or (p.exists() and any(p.iterdir()))), False
+
+
+def clear_run(path: Path) -> None:
+    """Remove what a run wrote before its first checkpoint (it starts again from the beginning)."""
+    for name in RUN_FILES:
+        (path / name).unlink(missing_ok=True)
+    shutil.rmtree(path / "tb", ignore_errors=True)
+
+
+def remove_orphans(path: Path) -> list[Path]:
+    """Delete the temporary files (``.<name>.<random>.tmp``) that a process killed in the middle
+    of an atomic write left in the run directory; returns them."""
+    found = [p for p in path.rglob(".*.tmp") if p.is_file()] if path.is_dir() else []
+    for orphan in found:
+        orphan.unlink(missing_ok=True)
+    return found
+
+
+def _lock_holder(lock: Path) -> str:
+    try:
+        text = lock.read_text(encoding="utf-8").strip()
+    except OSError:
+        return "unknown"
+    return text if text.isdigit() else "unknown"
+
+
+@contextlib.contextmanager
+def run_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory ``path`` (``.babysit.lock``, with this
+    process's pid) while the block runs: a second process writing the same run gets one line
+    naming the holder. The lock is an OS file lock, so a killed holder releases it and the
+    next process takes it over. Where the OS has no ``fcntl`` (Windows) no lock is taken.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> with run_lock(folder):
+    ...     with run_lock(folder):
+    ...         pass
+    Traceback (most recent call last):
+    ...
+    babysit.errors.BabysitError: ...: another babysit process (pid ...) is writing this run; wait for it to finish or choose another --out
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        yield
+        return
+    lock = path / LOCK
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise BabysitError(f"{path}: another babysit process (pid {_lock_holder(lock)}) is writing this run; "
+                               "wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -324,6 +424,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
     )
 
 
-__all__ = ["RunFiles", "atomic_write", "dumps", "is_run", "json_line", "jsonable", "next_free", "read_json",
+__all__ = ["LOCK", "RUN_FILES", "RunFiles", "atomic_write", "check_new_run_folder", "clear_run", "has_checkpoint",
+           "remove_orphans", "run_lock", "dumps", "is_run", "json_line", "jsonable", "next_free", "read_json",
            "read_json_list", "read_jsonl", "read_run", "require_run", "run_directory", "save_npz", "weights_file", "truncate_jsonl",
            "write_bytes", "write_json", "write_text"]

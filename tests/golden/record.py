@@ -70,7 +70,8 @@ def figures_of(case: str, out: Path) -> dict[str, object]:
     result = run(spec, out, quiet=True, report=False)
     summary = {k: v for k, v in json.loads((out / "summary.json").read_text()).items() if k not in TIMES}
     findings = [f["id"] for f in json.loads((out / "findings.json").read_text())]
-    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.parts[len(out.parts)] != "tb")
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                   if p.is_file() and p.parts[len(out.parts)] != "tb" and not p.name.startswith("."))
     return {"weights": weights_hash(result.model), "summary": summary, "findings": findings, "files": files}
 
 

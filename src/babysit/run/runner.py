@@ -49,7 +49,16 @@ from babysit.families import Family, RunContext, family_of
 from babysit.optim import losses, regularization
 from babysit.report import render
 from babysit.run.prepare import make_penalty, prepare
-from babysit.rundir import read_json_list, read_jsonl, truncate_jsonl, write_json
+from babysit.rundir import (
+    check_new_run_folder,
+    clear_run,
+    read_json_list,
+    read_jsonl,
+    remove_orphans,
+    run_lock,
+    truncate_jsonl,
+    write_json,
+)
 from babysit.train.callbacks import (
     Checkpointer,
     EarlyStopping,
@@ -160,14 +169,38 @@ def run(
 
     Under torchrun the run is data-parallel (``cluster``, filled in by :func:`in_process_group`;
     see :mod:`babysit.train.distributed`): rank 0 writes the run directory, and every rank
-    returns rank 0's summary."""
+    returns rank 0's summary.
+
+    Rank 0 holds the run directory's lock (:func:`babysit.rundir.run_lock`) while it writes:
+    a second process on the same directory is refused in one line. A run asked to resume that
+    stopped before its first checkpoint starts again from the beginning, and says so."""
     group = cluster or SingleProcess()
-    family = family_of(spec)
-    main = group.is_main
-    path, resume = group.agree_run_directory(spec.run_name, out, resume)  # rank 0 decides
-    if resume and main:
+    path, resumable = group.agree_run_directory(spec.run_name, out, resume)  # rank 0 decides
+    if resume and group.is_main:  # the same experiment, only train.epochs may grow
         check_resume_spec(config_module.load(path / "config.yaml"), spec)
-    built = assemble(spec, splits, group)  # given splits: a cross-validation fold
+    built = assemble(spec, splits, group)  # refused here, nothing is written; given splits: a cross-validation fold
+    if not group.is_main:
+        return _run_in(path, resumable, spec, built, group, quiet, extra_callbacks, progress_stream, report)
+    with run_lock(path):
+        if resume and not resumable:
+            clear_run(path)
+            if not quiet:
+                print(f"{path}: no checkpoint yet (the run was stopped before its first one): "
+                      "starting it again from the beginning", file=progress_stream or sys.stdout)
+        elif not resume and not resumable and not getattr(group, "restart_count", 0):
+            # again, under the lock: another process may have written a run there meanwhile
+            # (a torchrun group restarted after a failure continues in its first attempt's directory)
+            check_new_run_folder(path)
+        remove_orphans(path)  # temporary files of writes a kill cut short
+        return _run_in(path, resumable, spec, built, group, quiet, extra_callbacks, progress_stream, report)
+
+
+def _run_in(path: Path, resume: bool, spec: Experiment, built: Assembled, group: Any, quiet: bool,
+            extra_callbacks: list[Callback] | None, progress_stream: Any, report: bool) -> RunResult:
+    """:func:`run` in its decided run directory ``path`` (continued from its checkpoint when
+    ``resume``), with what :func:`assemble` built."""
+    family = built.family
+    main = group.is_main
     device, splits, model, loss_fn = built.device, built.splits, built.model, built.loss_fn
     generator, batches, optimizer, schedule, step = (built.generator, built.batches, built.optimizer, built.schedule,
                                                      built.step)

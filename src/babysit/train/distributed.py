@@ -51,7 +51,6 @@ from __future__ import annotations
 import functools
 import io
 import os
-import shutil
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,12 +64,11 @@ import torch.distributed as dist
 from torch import nn
 
 from babysit.errors import BabysitError
-from babysit.rundir import run_directory
+from babysit.rundir import clear_run, run_directory
 from babysit.train.device import resolve_device
 from babysit.train.loop import Callback, Trainer
 
 RUN_DIRECTORY_KEY = "babysit/run_directory"  # in torchrun's store: survives restarts of the group
-RUN_FILES = ("metrics.jsonl", "monitors.jsonl", "findings.json", "summary.json", "checkpoints/best.pt")
 
 
 def world_size_from_environment() -> int:
@@ -150,12 +148,10 @@ class DistributedContext:
         if earlier is not None and (earlier / "config.yaml").exists():
             resume = (earlier / "checkpoints" / "last.pt").exists()
             if not resume:  # nothing to continue: start over in the same directory
-                for name in RUN_FILES:
-                    (earlier / name).unlink(missing_ok=True)
-                shutil.rmtree(earlier / "tb", ignore_errors=True)
+                clear_run(earlier)
             path = earlier
         else:
-            path = run_directory(name, out, resume)
+            path, resume = run_directory(name, out, resume)
         self.store.set(RUN_DIRECTORY_KEY, str(path))
         return str(path), resume
 
@@ -238,7 +234,7 @@ class SingleProcess:
         return checkpoint
 
     def agree_run_directory(self, name: str, out: str | Path | None, resume: bool) -> tuple[Path, bool]:
-        return run_directory(name, out, resume), resume
+        return run_directory(name, out, resume)
 
     def batch_shard(self, batch_size: int | str) -> dict[str, int]:
         return {}

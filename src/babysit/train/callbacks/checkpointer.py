@@ -36,6 +36,8 @@ class Checkpointer(Callback):
         self._last_save = 0.0
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.state.step == 0:  # a step-0 checkpoint: a run killed before its first epoch ends can resume
+            self.save(trainer)
         self._last_save = time.monotonic()
 
     def save(self, trainer: Trainer) -> None:
