@@ -1,10 +1,12 @@
 # The two commands of the README: `make demo` and `make test`. Each sets up .venv when missing.
+# `make test` is the fast suite (under 5 minutes on 2 cores); `make verify` runs the slow
+# reproductions (tests marked slow: the claims about methods' quality, torchrun, PostgreSQL).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test verify tools bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +22,14 @@ demo: $(STAMP)
 # installs it when missing; without apt or root that fails quietly and the browser test skips.
 # Likewise Debian's postgresql (initdb, pg_ctl under /usr/lib/postgresql/*/bin) for the search
 # test that shares a study through a PostgreSQL server it starts on loopback (tests/test_search.py).
-test: $(STAMP)
+test: $(STAMP) tools
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -n 2 -q -m "not slow"
+
+verify: $(STAMP) tools
+	$(PY) -m pytest -n 2 -q -m slow
+
+tools:
 	@command -v chromium >/dev/null 2>&1 || (DEBIAN_FRONTEND=noninteractive apt-get -qq update \
 		&& DEBIAN_FRONTEND=noninteractive apt-get -qq install -y chromium) >/dev/null 2>&1 \
 		|| echo "chromium could not be installed: the browser test will skip"
@@ -28,8 +37,6 @@ test: $(STAMP)
 		|| (DEBIAN_FRONTEND=noninteractive apt-get -qq update \
 		&& DEBIAN_FRONTEND=noninteractive apt-get -qq install -y postgresql) >/dev/null 2>&1 \
 		|| echo "postgresql could not be installed: the search test on PostgreSQL will skip"
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(PY) -m pytest -n 2 -q
 
 bench: $(STAMP)
 	@for f in benchmarks/*.py; do $(PY) $$f || exit 1; done

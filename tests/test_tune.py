@@ -21,7 +21,7 @@ from torch import nn
 from babysit import config
 from babysit.errors import BabysitError
 from babysit.optim.optimizers import build_optimizer
-from babysit.run import prepare
+from babysit.run import prepare, run
 from babysit.tune import (
     BatchFindResult,
     LRFindResult,
@@ -83,22 +83,30 @@ def test_suggestion_sits_below_the_minimum_and_the_divergence(mnist1d_results):
         assert lowest < 0.8 * result.losses[0]
 
 
+@pytest.mark.slow
 def test_training_at_the_suggestion_reaches_the_example_accuracy(mnist1d_results, tmp_path):
-    """The suggestion trains as well as the example's hand-picked rate (0.01), same seed and threads.
+    """Reproduction: the suggestion trains about as well as the example's hand-picked rate (0.01).
 
-    Measured (seed 0, one thread): 68.1% at the suggestion 0.0042, 71.8% at 0.01; over seeds
-    0-3 the means are 69.7% and 70.2%. One run's accuracy moves by 2-4 points with the seed,
-    so the bars are 1 point under the published MNIST-1D MLP baseline (about 68%) and 4 points
-    of the hand-picked rate on the same seed.
+    Both are trained with seeds 0-4 and compared by their mean test accuracy: one run's
+    accuracy moves by 1-3 points with the seed, and a single-seed comparison failed on
+    another machine (69.3% against 73.4%). Measured here (one thread, seeds 0-4):
+    suggestion 0.0042: 68.1, 68.6, 70.1, 71.0, 68.7% (mean 69.30, sd 1.21);
+    lr 0.01: 71.8, 70.6, 69.5, 68.6, 69.8% (mean 70.06, sd 1.21).
+    The difference of the means is -0.76 points with a standard error of 0.77 (sd / sqrt 5,
+    both), so its bar sits 3 standard errors below: -3.1 points. The suggestion's own mean
+    has a standard error of 0.54: its bar, 3 of those under its mean, is 67.7%, at the
+    published MNIST-1D MLP baseline (about 68%).
     """
-    from babysit.run import run
-
     lr = format_lr(mnist1d_results[0].suggestion)
-    suggested = run(config.load(EXAMPLE, [f"optimizer.lr={lr}"]), out=tmp_path / "suggested", quiet=True)
-    example = run(config.load(EXAMPLE), out=tmp_path / "example", quiet=True)
-    accuracy = suggested.summary["test_acc"]
-    assert accuracy >= 0.67, (lr, accuracy)
-    assert accuracy >= example.summary["test_acc"] - 0.04, (lr, accuracy, example.summary["test_acc"])
+    accuracy: dict[str, list[float]] = {"suggested": [], "example": []}
+    for seed in range(5):
+        for name, overrides in (("suggested", [f"optimizer.lr={lr}"]), ("example", [])):
+            spec = config.load(EXAMPLE, [*overrides, f"seed={seed}"])
+            accuracy[name].append(run(spec, out=tmp_path / f"{name}-{seed}", quiet=True, report=False).summary["test_acc"])
+    means = {name: sum(v) / len(v) for name, v in accuracy.items()}
+    print(json.dumps({"lr": lr, "test_acc": accuracy, "means": means}))
+    assert means["suggested"] >= 0.677, (lr, accuracy)
+    assert means["suggested"] >= means["example"] - 0.031, (lr, accuracy)
 
 
 # --------------------------------------------------------------------------- lr_find: closed form

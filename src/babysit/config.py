@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -53,9 +54,10 @@ Monitor = Literal["val_loss", "val_acc", "train_loss", "train_acc"]
 
 
 class Section(BaseModel):
-    """Base of every spec section: unknown keys are errors, assignments are validated."""
+    """Base of every spec section: unknown keys are errors, assignments are validated, and
+    every float must be finite (``.inf``, ``.nan`` and ``1e400`` are refused, naming the key)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataSpec(Section):
@@ -76,7 +78,7 @@ class DataSpec(Section):
     @classmethod
     def _positive_batch(cls, value: int | str) -> int | str:
         if isinstance(value, int) and value < 1:
-            raise ValueError(f"must be a positive integer or 'full', got {value}")
+            raise ValueError(f"must be a positive integer or 'full', got {_echo(value)}")
         return value
 
     @model_validator(mode="after")
@@ -130,7 +132,7 @@ class ModelSpec(Section):
     def _positive_widths(cls, value: list[int]) -> list[int]:
         bad = [w for w in value if w < 1]
         if bad:
-            raise ValueError(f"widths must be positive integers, got {value}")
+            raise ValueError(f"widths must be positive integers, got {_echo(value)}")
         return value
 
 
@@ -264,7 +266,7 @@ class Experiment(Section):
     @classmethod
     def _safe_name(cls, value: str | None) -> str | None:
         if value is not None and (not value or "/" in value or value in (".", "..")):
-            raise ValueError(f"must be a non-empty name without '/', got {value!r}")
+            raise ValueError(f"must be a non-empty name without '/', got {_echo(value)}")
         return value
 
     @model_validator(mode="after")
@@ -357,7 +359,7 @@ def parse_distribution(text: str) -> SearchDistribution:
         raise ValueError(f"{text!r} was cut at a comma by YAML's {{...}} flow mapping; quote the distribution "
                          f"('{text.strip()}, ...)') or write search: as a block, one key per line")
     if match is None:
-        raise ValueError(f"expected a distribution such as {SEARCH_EXAMPLES}; got {text!r}")
+        raise ValueError(f"expected a distribution such as {SEARCH_EXAMPLES}; got {_echo(text)}")
     name, arguments = match.group(1), match.group(2)
     kind = {"loguniform": "loguniform", "uniform": "uniform", "intuniform": "intuniform", "int": "intuniform",
             "choice": "choice"}.get(name)
@@ -365,30 +367,30 @@ def parse_distribution(text: str) -> SearchDistribution:
         raise ValueError(f"unknown distribution {name!r}; use {SEARCH_EXAMPLES}")
     if kind == "choice":
         try:
-            values = yaml.safe_load(f"[{arguments}]")
+            values = safe_yaml(f"[{arguments}]", "search")
         except yaml.YAMLError:
             raise ValueError(f"cannot read the values of {text!r}; write them as YAML, e.g. choice(relu, tanh)") from None
         values = [_number_or_value(v) for v in values]
         if len(values) < 2:
-            raise ValueError(f"choice needs at least two values; got {text!r} (to fix a key, set it in the spec)")
+            raise ValueError(f"choice needs at least two values; got {_echo(text)} (to fix a key, set it in the spec)")
         return SearchDistribution("choice", choices=tuple(values))
     bounds = [b.strip() for b in arguments.split(",")]
     if len(bounds) != 2 or not all(bounds):
-        raise ValueError(f"{name} takes two bounds, {name}(low, high); got {text!r}")
+        raise ValueError(f"{name} takes two bounds, {name}(low, high); got {_echo(text)}")
     try:
         low, high = (float(b) for b in bounds)
     except ValueError:
-        raise ValueError(f"{name} bounds must be numbers; got {text!r}") from None
+        raise ValueError(f"{name} bounds must be numbers; got {_echo(text)}") from None
     if not (math.isfinite(low) and math.isfinite(high)):
-        raise ValueError(f"{name} bounds must be finite; got {text!r}")
+        raise ValueError(f"{name} bounds must be finite; got {_echo(text)}")
     if kind == "intuniform":
         if not (low.is_integer() and high.is_integer()):
-            raise ValueError(f"{name} bounds must be integers; got {text!r}")
+            raise ValueError(f"{name} bounds must be integers; got {_echo(text)}")
         low, high = int(low), int(high)
     if low >= high:
-        raise ValueError(f"low must be < high; got {text!r}")
+        raise ValueError(f"low must be < high; got {_echo(text)}")
     if kind == "loguniform" and low <= 0:
-        raise ValueError(f"loguniform needs 0 < low < high (it samples log(value)); got {text!r}")
+        raise ValueError(f"loguniform needs 0 < low < high (it samples log(value)); got {_echo(text)}")
     return SearchDistribution(kind, low=low, high=high)
 
 
@@ -463,6 +465,82 @@ def _copied_path(raw: dict[str, Any], key: str) -> list[str]:
 # --------------------------------------------------------------------------- errors
 
 
+ECHO_CHARS = 80  # an error message quotes at most this much of the value it refuses
+
+
+def _echo(value: Any) -> str:
+    """``repr(value)`` cut to :data:`ECHO_CHARS` characters (a huge value must not make a huge line)."""
+    short = reprlib.Repr()  # Python 3.11's Repr takes no arguments
+    short.maxstring, short.maxother, short.maxlist, short.maxdict, short.maxlevel = ECHO_CHARS, ECHO_CHARS, 8, 8, 3
+    try:
+        text = short.repr(value)
+    except RecursionError:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 1] + "…"
+
+
+# ---- reading YAML safely: no aliases (an alias bomb expands to gigabytes), no duplicate keys,
+# a bounded nesting depth and file size
+SPEC_MAX_BYTES = 1_000_000
+YAML_MAX_DEPTH = 100
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing aliases and duplicate keys and capping the nesting depth."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise _YAMLRefused(f"line {mark.line + 1}: YAML aliases (*name) are not accepted; write the value out")
+        self._depth += 1
+        if self._depth > YAML_MAX_DEPTH:
+            raise _YAMLRefused(f"nested more than {YAML_MAX_DEPTH} levels deep")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise _YAMLRefused(f"line {key_node.start_mark.line + 1}: key {_echo(key)} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _YAMLRefused(Exception):
+    pass
+
+
+def safe_yaml(text: str, where: str = "YAML") -> Any:
+    """``text`` parsed as YAML without aliases, duplicate keys or deep nesting; a BabysitError
+    naming ``where`` otherwise.
+
+    Example
+    -------
+    >>> safe_yaml("a: [1, 2]")
+    {'a': [1, 2]}
+    >>> safe_yaml("a: &x [1]\\nb: *x", "spec.yaml")
+    Traceback (most recent call last):
+    ...
+    babysit.errors.BabysitError: spec.yaml: line 2: YAML aliases (*name) are not accepted; write the value out
+    """
+    if len(text) > SPEC_MAX_BYTES:
+        raise BabysitError(f"{where}: larger than {SPEC_MAX_BYTES // 1_000_000} MB; a spec is a few lines")
+    try:
+        return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _YAMLRefused as exc:
+        raise BabysitError(f"{where}: {exc}") from None
+    except RecursionError:
+        raise BabysitError(f"{where}: nested too deep") from None
+
+
 def _format_error(err: dict[str, Any]) -> str:
     """One line for one pydantic error: '<dotted.path>: <what is allowed>, got <value>'."""
     loc = [str(p) for p in err.get("loc", ()) if not str(p).startswith("function-")]
@@ -479,17 +557,17 @@ def _format_error(err: dict[str, Any]) -> str:
         return f"{path}: unknown key {where}; allowed keys: {allowed}"
     if kind == "literal_error":
         expected = ctx.get("expected", "").replace("'", "")
-        return f"{path}: must be one of {expected}; got {given!r}"
+        return f"{path}: must be one of {expected}; got {_echo(given)}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         sign = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
         bound = next(iter(ctx.values()), "?")
-        return f"{path}: must be {sign} {bound}, got {given!r}"
+        return f"{path}: must be {sign} {bound}, got {_echo(given)}"
     if kind == "value_error":
         msg = str(ctx.get("error", err.get("msg", "")))
         return f"{path}: {msg}" if path else msg
     msg = err.get("msg", "invalid value")
     msg = msg[0].lower() + msg[1:] if msg else msg
-    return f"{path}: {msg}, got {given!r}" if path else f"{msg}, got {given!r}"
+    return f"{path}: {msg}, got {_echo(given)}" if path else f"{msg}, got {_echo(given)}"
 
 
 def _section_at(path: str) -> type[BaseModel] | None:
@@ -528,7 +606,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not p for p in key.split(".")):
         raise BabysitError(f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. optimizer.lr=0.01")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = safe_yaml(value, "override") if value.strip() else None
     except yaml.YAMLError:
         parsed = value
     return key.split("."), parsed
@@ -572,7 +650,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not text.strip():
         raise BabysitError(f"{path}: spec file is empty; write at least 'name: my-run' or pass no spec for the default")
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_yaml(text, str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -404,7 +404,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
     path = require_run(run_dir)
     config_text = (path / "config.yaml").read_text(encoding="utf-8", errors="replace")
     try:
-        spec = yaml.safe_load(config_text) or {}
+        spec = config.safe_yaml(config_text, str(path / "config.yaml")) or {}
     except yaml.YAMLError:
         raise BabysitError(f"{path / 'config.yaml'}: not valid YAML") from None
     if not isinstance(spec, dict):

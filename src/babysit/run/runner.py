@@ -122,6 +122,9 @@ def assemble(spec: Experiment, splits: data_module.Splits | None = None, cluster
 
 def check_resume_spec(saved: Experiment, given: Experiment) -> None:
     """A resumed run must be the same experiment; only the number of epochs may grow."""
+    if given.train.epochs < saved.train.epochs:
+        raise BabysitError(f"--resume: train.epochs may only grow ({saved.train.epochs} in the run's config.yaml, "
+                           f"{given.train.epochs} now)")
     a, b = saved.to_dict(), given.to_dict()
     a["train"].pop("epochs"), b["train"].pop("epochs")
     for section in a:

@@ -1,0 +1,99 @@
+"""Hostile and clumsy inputs: each ends in one line under 300 characters, exit 2, no
+traceback, nothing written outside the run directory, and quickly where a hang is the risk."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from helpers import FAST, run_cli
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def refused(args, capsys, cwd=None, within_s: float = 5.0) -> str:
+    started = time.perf_counter()
+    code, out, err = run_cli(args, capsys, cwd=cwd)
+    elapsed = time.perf_counter() - started
+    assert code == 2, (code, out[-500:], err[-500:])
+    assert "Traceback" not in err + out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and len(lines[0]) < 300, lines[:3]
+    assert elapsed < within_s, elapsed
+    return lines[0]
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """Nine anchors, each a list of nine references to the previous one: 9**9 leaves."""
+    lines = ['a0: &a0 ["lol"]']
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [{', '.join(f'*a{i - 1}' for _ in range(9))}]")
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("where", ["name", "optimizer.lr", "model.hidden"])
+def test_a_yaml_alias_bomb_is_refused_at_once(where, tmp_path, capsys):
+    section, _, key = where.rpartition(".")
+    bomb = alias_bomb()
+    indent = "  " if section else ""
+    spec = (f"{section}:\n" if section else "") + "\n".join(indent + line for line in bomb.splitlines())
+    spec += f"\n{indent}{key}: *a8\n"
+    (tmp_path / "bomb.yaml").write_text(spec)
+    line = refused(["train", str(tmp_path / "bomb.yaml"), "--out", str(tmp_path / "run")], capsys)
+    assert "aliases" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_on_a_run_whose_config_is_a_bomb_is_refused_at_once(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(alias_bomb() + "\nname: *a8\n")
+    assert "aliases" in refused(["report", str(run)], capsys)
+
+
+def test_duplicate_keys_deep_nesting_and_huge_files_are_refused(tmp_path, capsys):
+    (tmp_path / "dup.yaml").write_text("optimizer: {lr: 0.1}\noptimizer: {lr: 0.2}\n")
+    assert "given twice" in refused(["check", str(tmp_path / "dup.yaml")], capsys)
+    (tmp_path / "deep.yaml").write_text("name: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    assert "nested" in refused(["check", str(tmp_path / "deep.yaml")], capsys)
+    (tmp_path / "huge.yaml").write_text("name: x\n" + "# padding\n" * 150_000)
+    assert "larger than 1 MB" in refused(["check", str(tmp_path / "huge.yaml")], capsys)
+
+
+def test_an_error_quotes_at_most_80_characters_of_the_value(capsys):
+    line = refused(["check", "model.hidden=[" + ", ".join(["-5"] * 50_000) + "]"], capsys)
+    assert "model.hidden" in line and "…" in line or len(line) < 300
+
+
+@pytest.mark.parametrize("override", [
+    "optimizer.lr=.inf", "optimizer.lr=1e400", "optimizer.weight_decay=.inf", "regularization.l1=.inf",
+    "regularization.input_noise=1e400", "model.init_std=.inf", "model.bias_init=.nan",
+])
+def test_every_float_in_the_spec_must_be_finite(override, capsys):
+    line = refused(["check", *FAST, override], capsys)
+    assert line.startswith("error: " + override.split("=")[0]) and "finite" in line
+
+
+def test_resume_may_only_grow_the_epochs(tmp_path, capsys):
+    code, _, err = run_cli(["train", *FAST, "train.epochs=3", "-q", "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    line = refused(["train", *FAST, "train.epochs=1", "--out", str(tmp_path / "run"), "--resume"], capsys)
+    assert "may only grow" in line
+    assert (tmp_path / "run" / "config.yaml").read_text() == before
+
+
+def test_a_diverging_run_writes_strict_json(tmp_path, capsys):
+    code, _, err = run_cli(["train", *FAST, "optimizer.lr=1e6", "-q", "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+
+    def no_constant(name):
+        raise AssertionError(f"bare {name} in a JSON file")
+
+    for name in ("summary.json", "findings.json"):
+        json.loads((tmp_path / "run" / name).read_text(), parse_constant=no_constant)
+    for name in ("metrics.jsonl", "monitors.jsonl"):
+        for line in (tmp_path / "run" / name).read_text().splitlines():
+            json.loads(line, parse_constant=no_constant)
