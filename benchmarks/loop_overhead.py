@@ -114,7 +114,7 @@ def babysit_loop(spec: config.Experiment, splits: data.Splits, folder: Path,
 
 def measure(kind: str) -> dict[str, float]:
     spec = make_spec(kind)
-    splits = data.load(spec.data, SEED)
+    splits = data.load(spec.data)  # split_seed 0
     with tempfile.TemporaryDirectory() as tmp:
         babysit_loop(spec, splits, Path(tmp) / "warmup")  # imports, allocator, TensorBoard writer
         hand_written(spec, splits)

@@ -45,7 +45,7 @@ def monitors(folder: Path) -> MonitorCallback:
 
 def measure(kind: str) -> dict[str, float]:
     spec = make_spec(kind)
-    splits = data.load(spec.data, spec.seed)
+    splits = data.load(spec.data)
     with tempfile.TemporaryDirectory() as tmp:
         babysit_loop(spec, splits, Path(tmp) / "warmup", monitors)
         on, off = [], []

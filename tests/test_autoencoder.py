@@ -41,7 +41,7 @@ def test_both_backbones_map_inputs_to_a_code_and_back(backbone, shape):
 def test_targets_are_the_inputs_and_the_loss_defaults_to_mse():
     spec = config.load(None, ["model.kind=autoencoder", "data.source=digits"])
     assert spec.loss == "mse"
-    splits = family_of(spec).adapt(spec, data.load(spec.data, spec.seed))
+    splits = family_of(spec).adapt(spec, data.load(spec.data))
     assert splits.task == "regression" and splits.target_dim == 64 and splits.num_classes is None
     for split in (splits.train, splits.val, splits.test):
         assert torch.equal(split.y, split.x)

@@ -83,12 +83,12 @@ def test_spirals_follow_cs231n_and_depend_on_seed():
     t = np.linspace(4.0, 8.0, 100)
     assert np.allclose(arm, np.linspace(0, 1, 100)[:, None] * np.stack([np.sin(t), np.cos(t)], 1))
     assert radius.max() <= 1.0 + 1e-12
-    a = load(spec(source="spirals", samples=300), seed=1)
-    b = load(spec(source="spirals", samples=300), seed=1)
-    c = load(spec(source="spirals", samples=300), seed=2)
+    a = load(spec(source="spirals", samples=300, split_seed=1))
+    b = load(spec(source="spirals", samples=300, split_seed=1))
+    c = load(spec(source="spirals", samples=300, split_seed=2))
     assert torch.equal(a.train.x, b.train.x) and torch.equal(a.val.y, b.val.y)
     assert not torch.equal(a.train.x, c.train.x)
-    assert load(spec(source="spirals", samples=30), seed=-5).train.x.shape[1:] == (2,)
+    assert load(spec(source="spirals", samples=30, split_seed=2**62)).train.x.shape[1:] == (2,)
 
 
 def test_blobs_centres_on_unit_circle():
@@ -177,7 +177,7 @@ def test_split_sizes_train_size_and_none_splits():
 
 def test_splits_are_disjoint_and_cover_the_data():
     raw = sources.spirals(spec(source="spirals", samples=120), seed=0)
-    s = load(spec(source="spirals", samples=120, val_fraction=0.2, test_fraction=0.25), seed=0)
+    s = load(spec(source="spirals", samples=120, val_fraction=0.2, test_fraction=0.25))
     rows = torch.cat([s.train.x, s.val.x, s.test.x]).numpy()
     assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, raw.x.astype(np.float32).tolist()))
 
@@ -194,8 +194,8 @@ def test_holdout_is_stratified_and_complete():
 
 
 def test_preprocessing_is_fitted_on_train_only():
-    raw = load(spec(source="digits", preprocess=[]), seed=4)
-    std = load(spec(source="digits", preprocess=["standardize"]), seed=4)
+    raw = load(spec(source="digits", preprocess=[], split_seed=4))
+    std = load(spec(source="digits", preprocess=["standardize"], split_seed=4))
     x = raw.train.x.reshape(len(raw.train), -1).double()
     mean, scale = x.mean(0), x.std(0)
     scale[scale == 0] = 1.0  # digits has pixels always 0 in training: only centred, never divided by ~0

@@ -247,12 +247,12 @@ def test_snapshots_need_a_cyclic_schedule(capsys):
 
 @pytest.fixture(scope="module")
 def spiral_runs(tmp_path_factory):
-    """Three small spiral runs: two seeds of one network, and another seed (seed decides the test split)."""
+    """Small spiral runs: two networks on one split, and the same data carved by another data.split_seed."""
     root = tmp_path_factory.mktemp("runs")
     base = {"seed": 0, "data": {"source": "spirals", "samples": 300}, "model": {"hidden": [16]},
             "optimizer": {"name": "adam", "lr": 0.02}, "train": {"epochs": 8, "device": "cpu"}, "checks": QUICK}
     for name, overrides in {"a": {}, "b": {"model": {"hidden": [32], "activation": "tanh"}},
-                            "other-seed": {"seed": 1}, "blobs": {"data": {"source": "blobs", "samples": 300}},
+                            "other-split": {"data": {"source": "spirals", "samples": 300, "split_seed": 1}}, "blobs": {"data": {"source": "blobs", "samples": 300}},
                             "hinge": {"loss": "hinge"}}.items():
         spec = {**base, **overrides}
         run(validate(spec), out=root / name, quiet=True)
@@ -292,7 +292,7 @@ def test_cli_ensemble_of_two_networks_and_default_directory(spiral_runs, tmp_pat
     (lambda root: [root / "a", root / "missing"], "no such run directory"),
     (lambda root: [root / "a", root], "not a run directory (no config.yaml)"),
     (lambda root: [root / "a", root / "blobs"], "data differs from"),
-    (lambda root: [root / "a", root / "other-seed"], "its test split holds other examples"),
+    (lambda root: [root / "a", root / "other-split"], "data.split_seed: 0 there, 1 here"),
     (lambda root: [root / "a", root / "hinge"], "loss 'hinge' differs"),
     (lambda root: [root / "a", root / "a"], "given twice"),
 ], ids=["missing", "not-a-run", "other-data", "other-test-split", "other-loss", "twice"])
@@ -336,7 +336,7 @@ def test_five_mnist1d_mlps_beat_their_best_member(tmp_path, capsys):
     assert result["best_member"]["test_acc"] == max(accuracies)
     assert result["ensemble"]["test_acc"] > max(accuracies)
     assert result["ensemble"]["test_loss"] < min(m["test_loss"] for m in result["members"])
-    assert any("val: not scored" in note for note in result["notes"])  # seeds carve different val splits
+    assert "val_acc" in result["ensemble"] and not result["notes"]  # seeds share their splits (data.split_seed)
     _keep_figure(tmp_path / "ensemble" / "ensemble.png", "mnist1d-five-seeds.png")
 
 
@@ -374,3 +374,21 @@ def _keep_figure(path: Path, name: str) -> None:
     """Copy a figure out of the test's temporary folder when /tmp/ensemble_figs exists (for the notes)."""
     if FIGURES.is_dir():
         (FIGURES / name).write_bytes(path.read_bytes())
+
+
+def test_three_seeds_of_a_digits_spec_share_their_splits_and_ensemble(tmp_path, capsys):
+    """Runs that differ only in seed are scored on the same examples (data.split_seed decides
+    the splits), so three seeds of a digits spec, which carves its own test set, ensemble."""
+    runs = []
+    for seed in (0, 1, 2):
+        spec = config.validate({"seed": seed, "data": {"source": "digits", "test_fraction": 0.2},
+                                "model": {"hidden": [32]}, "train": {"epochs": 2, "device": "cpu"}})
+        runs.append(run(spec, tmp_path / f"digits-{seed}", quiet=True, report=False))
+    for other in runs[1:]:
+        for name in ("train", "val", "test"):
+            a, b = getattr(runs[0].splits, name), getattr(other.splits, name)
+            assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y), name
+    code, out, err = run_cli(["ensemble", *(str(r.path) for r in runs), "--out", str(tmp_path / "e")], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "e" / "ensemble.json").read_text())
+    assert {"val_acc", "test_acc"} <= set(result["ensemble"]) and not result["notes"]

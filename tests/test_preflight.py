@@ -130,7 +130,7 @@ def test_healthy_variants_raise_nothing(spec):
 def _example(path):
     spec = config.load(path) if path else config.Experiment()
     torch.manual_seed(spec.seed)
-    splits = data.load(spec.data, spec.seed)
+    splits = data.load(spec.data)
     splits = family_of(spec).adapt(spec, splits)  # an autoencoder's targets are its inputs
     out = losses.output_dim(spec.loss, splits.task, splits.num_classes, splits.target_dim)
     net = nets.build(spec.model, splits.input_shape, out)

@@ -293,7 +293,7 @@ def test_folds_partition_the_training_pool_and_preprocess_on_each_training_part(
     plain = config.validate({"data": {"source": "spirals", "samples": 300}})
     parts = cross_validation_folds(spec, 4)
     pool = sum(len(p.val) for p in parts)
-    usual = data_module.load(plain.data, plain.seed)  # the pool is the usual train + val
+    usual = data_module.load(plain.data)  # the pool is the usual train + val
     assert pool == len(usual.train) + len(usual.val) == len(parts[0].train) + len(parts[0].val)
     assert max(len(p.val) for p in parts) - min(len(p.val) for p in parts) <= 1
     for p in parts:  # standardized with the statistics of its own training part
@@ -499,15 +499,16 @@ def test_a_20_trial_search_finds_a_spec_at_least_as_good_as_the_mnist1d_example(
     """Reproduction: a search of examples/mnist1d-mlp.yaml's learning rate and weight decay (20
     trials of the example's own 200 epochs, early stopping on val_acc) finds a spec about as
     good as the hand-picked one. The found spec and the example are trained alike with seeds
-    0-4 and compared by their mean test accuracy (one seed moves it by 1-3 points).
+    0-4 and compared by their mean test accuracy (one seed moves it by 1-4 points).
 
     Measured: here the search picks lr 0.0116, weight decay 0.102, and the found spec scores
-    70.9, 72.5, 71.3, 72.6, 71.3% (mean 71.72, sd 0.79) against the example's 71.8, 70.6,
-    69.5, 68.6, 69.8% (mean 70.06, sd 1.21): +1.66 points. On another machine of the same kind
-    the search picked lr 0.0043 instead (floating point steers which trial wins); that rate
-    scores a mean of 69.30% over seeds 0-4 (sd 1.21, tests/test_tune.py), -0.76 points, with a
-    standard error of the difference of 0.77. The bar sits 3 standard errors under the worse
-    outcome: the found spec's mean at least the example's less 3.1 points."""
+    70.9, 69.2, 69.2, 72.1, 72.0% (mean 70.68, sd 1.43) against the example's 71.8, 72.1,
+    73.9, 71.6, 72.0% (mean 72.28, sd 0.93): -1.6 points, standard error 0.76. On another
+    machine of the same kind the search picked lr 0.0043 instead (floating point steers which
+    trial wins); that rate scores a mean of 70.26% over seeds 0-4 (sd 1.89, tests/test_tune.py),
+    -2.0 points, standard error 0.94. The bar sits 3 standard errors under the worse outcome:
+    the found spec's mean at least the example's less 4.9 points. So the search finds a spec
+    as good as the hand-picked one within the seeds' noise, not a better one."""
     base = config.load(EXAMPLES / "mnist1d-mlp.yaml")
     spec = config.apply_overrides(base, ["search={optimizer.lr: 'loguniform(1e-4, 1e-1)', "
                                          "optimizer.weight_decay: 'loguniform(1e-4, 1)'}"])
@@ -530,5 +531,5 @@ def test_a_20_trial_search_finds_a_spec_at_least_as_good_as_the_mnist1d_example(
                "best_val_acc": result.best_value, "test_acc_seeds_0_to_4": test_acc,
                "mean_test_acc": {k: round(float(np.mean(v)), 4) for k, v in test_acc.items()}}
     print(json.dumps(numbers))
-    assert np.mean(test_acc["found"]) >= np.mean(test_acc["example"]) - 0.031, numbers
+    assert np.mean(test_acc["found"]) >= np.mean(test_acc["example"]) - 0.049, numbers
     assert math.isfinite(result.best_value)

@@ -87,15 +87,14 @@ def test_suggestion_sits_below_the_minimum_and_the_divergence(mnist1d_results):
 def test_training_at_the_suggestion_reaches_the_example_accuracy(mnist1d_results, tmp_path):
     """Reproduction: the suggestion trains about as well as the example's hand-picked rate (0.01).
 
-    Both are trained with seeds 0-4 and compared by their mean test accuracy: one run's
-    accuracy moves by 1-3 points with the seed, and a single-seed comparison failed on
-    another machine (69.3% against 73.4%). Measured here (one thread, seeds 0-4):
-    suggestion 0.0042: 68.1, 68.6, 70.1, 71.0, 68.7% (mean 69.30, sd 1.21);
-    lr 0.01: 71.8, 70.6, 69.5, 68.6, 69.8% (mean 70.06, sd 1.21).
-    The difference of the means is -0.76 points with a standard error of 0.77 (sd / sqrt 5,
-    both), so its bar sits 3 standard errors below: -3.1 points. The suggestion's own mean
-    has a standard error of 0.54: its bar, 3 of those under its mean, is 67.7%, at the
-    published MNIST-1D MLP baseline (about 68%).
+    Both are trained with seeds 0-4 (one data split, data.split_seed 0) and compared by their
+    mean test accuracy: one run's accuracy moves by 1-4 points with the seed, and a
+    single-seed comparison failed on another machine (69.3% against 73.4%). Measured here
+    (one thread): suggestion 0.0042: 68.1, 72.3, 68.4, 71.1, 71.4% (mean 70.26, sd 1.89);
+    lr 0.01: 71.8, 72.1, 73.9, 71.6, 72.0% (mean 72.28, sd 0.93). The difference of the means
+    is -2.0 points with a standard error of 0.94, so its bar sits 3 standard errors below:
+    -4.9 points. The suggestion's own mean has a standard error of 0.85: its bar, 3 of those
+    under its mean, is 67.7%, at the published MNIST-1D MLP baseline (about 68%).
     """
     lr = format_lr(mnist1d_results[0].suggestion)
     accuracy: dict[str, list[float]] = {"suggested": [], "example": []}
@@ -106,7 +105,7 @@ def test_training_at_the_suggestion_reaches_the_example_accuracy(mnist1d_results
     means = {name: sum(v) / len(v) for name, v in accuracy.items()}
     print(json.dumps({"lr": lr, "test_acc": accuracy, "means": means}))
     assert means["suggested"] >= 0.677, (lr, accuracy)
-    assert means["suggested"] >= means["example"] - 0.031, (lr, accuracy)
+    assert means["suggested"] >= means["example"] - 0.049, (lr, accuracy)
 
 
 # --------------------------------------------------------------------------- lr_find: closed form

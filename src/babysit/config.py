@@ -65,6 +65,9 @@ class DataSpec(Section):
     path: str | None = None  # npz / csv / folder
     target: str | int | None = None  # csv: label column (name or index); default the last
     train_size: int | None = Field(None, gt=0)  # keep only the first N training examples
+    # decides the data set's examples (generated sources) and its train/val/test carving; the
+    # experiment's seed does not move them, so runs that differ only in seed share their splits
+    split_seed: int = Field(0, ge=0, lt=2**63)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # for sources without a test split
     samples: int | None = Field(None, gt=0)  # size of generated sets (mnist1d 5000, spirals 1500, blobs 1500)

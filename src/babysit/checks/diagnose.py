@@ -735,7 +735,7 @@ def diagnose(
 def _chance_and_task(spec: Any) -> tuple[float | None, str]:
     """The chance loss and task of a run's data (loads the data; None when it cannot)."""
     try:
-        splits = data_module.load(spec.data, spec.seed)
+        splits = data_module.load(spec.data)
     except (BabysitError, OSError, ValueError):
         return None, "classification"
     return losses.chance_loss(spec.loss, splits.task, splits.num_classes, splits.train.y), splits.task

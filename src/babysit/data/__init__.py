@@ -1,6 +1,6 @@
 """Data: sources -> train/val/test splits -> preprocessing fitted on train -> in-memory batches.
 
-``load(spec.data, seed)`` is the one entry point the training loop uses::
+``load(spec.data)`` is the one entry point the training loop uses::
 
     source (sources.py)            x, y [, x_test, y_test] as numpy, validated by sources.check
     test split                     from the source, else `test_fraction` carved off (stratified for classes)
@@ -8,14 +8,15 @@
     train_size                     keep the first N of the (shuffled) training examples
     preprocessing (preprocess.py)  fitted on train only, applied to val and test
 
-All carving uses seeded permutations, so the same ``seed`` gives the same splits. The
+All carving uses seeded permutations from ``data.split_seed``, so the same spec gives the
+same splits whatever the experiment's ``seed``. The
 stratified carve keeps each class's share in val and test close to its share overall,
 which matters for small sets such as digits or spirals.
 
 Example
 -------
 >>> from babysit.config import DataSpec
->>> splits = load(DataSpec(source="spirals", samples=300, val_fraction=0.1), seed=0)
+>>> splits = load(DataSpec(source="spirals", samples=300, val_fraction=0.1))
 >>> len(splits.train), len(splits.val), len(splits.test), splits.input_shape, splits.num_classes
 (216, 24, 60, (2,), 3)
 """
@@ -83,7 +84,7 @@ class Splits:
         )
 
 
-def load(spec: DataSpec, seed: int = 0) -> Splits:
+def load(spec: DataSpec) -> Splits:
     """Read ``spec.source``, split it, preprocess it; returns CPU tensors.
 
     Test comes from the source (mnist1d, npz with ``x_test``) or is carved off by
@@ -98,6 +99,7 @@ def load(spec: DataSpec, seed: int = 0) -> Splits:
     >>> len(splits.train), splits.input_shape, splits.test.x.shape[1:]
     (100, (1, 8, 8), torch.Size([1, 8, 8]))
     """
+    seed = spec.split_seed  # the data and its splits; the experiment's seed does not move them
     raw = check(SOURCES[spec.source](spec, seed))
     classification = raw.task == "classification"
     x, y, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test

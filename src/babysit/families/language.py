@@ -110,7 +110,7 @@ def sample_text(run_dir: str | Path, prompt: str = "", tokens: int = 200, *, tem
     if vocab_file.is_file():
         vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
     else:  # a run that stopped before writing it: the vocabulary of its text
-        vocab = data_module.load(spec.data, spec.seed).class_names
+        vocab = data_module.load(spec.data).class_names
     if not vocab or spec.data.source != "text":
         raise BabysitError(f"{run.path}: not a language model over text (data.source: {spec.data.source})")
     checkpoint = run.checkpoint()

@@ -17,9 +17,7 @@ import torch
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from babysit import data as data_module
 from babysit.config import Experiment
-from babysit.data import Split, Splits
 from babysit.errors import BabysitError
 from babysit.report.figures import png_bytes
 from babysit.run.load import load_run
@@ -37,26 +35,13 @@ def _data_difference(a: Experiment, b: Experiment) -> str | None:
     return None
 
 
-def _raw_splits(spec: Experiment) -> Splits:
-    """A spec's splits before preprocessing: which examples each holds, not how they are scaled."""
-    return data_module.load(spec.data.model_copy(update={"preprocess": []}), spec.seed)
-
-
-def _same_examples(a: Split | None, b: Split | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return a.x.shape == b.x.shape and torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
-
-
 def ensemble_runs(run_dirs: Sequence[str | Path], device: torch.device | str | None = None) -> dict[str, Any]:
     """Score the ensemble of trained runs and each of them on the test (and validation) split.
 
-    Every run must have the same data (keys of ``data:`` other than ``batch_size``) and loss.
-    Runs may differ in seed (the usual ensemble) and in network: each member sees the test
-    examples through its own preprocessing, and the test examples themselves must be the
-    same for all (MNIST-1D has a fixed test set; a test set carved by ``test_fraction``
-    depends on the seed, so such runs must share it). The validation split is scored only
-    when it holds the same examples for every member. Returns what ensemble.json holds.
+    Every run must have the same data (keys of ``data:`` other than ``batch_size``, so the
+    same ``data.split_seed``: the same train, validation and test examples) and loss. Runs
+    may differ in seed (the usual ensemble) and in network: each member sees the examples
+    through its own preprocessing. Returns what ensemble.json holds.
 
     Example
     -------
@@ -87,20 +72,7 @@ def ensemble_runs(run_dirs: Sequence[str | Path], device: torch.device | str | N
             raise BabysitError(f"{member.path}: task differs from {reference.path}'s")
         members.append(member)
 
-    # same data spec and seed: the same splits; another seed may carve other val / test examples
-    same = {"test": True, "val": True}
-    seeds = {m.spec.seed for m in members}
-    if len(seeds) > 1:
-        raw = {seed: _raw_splits(next(m.spec for m in members if m.spec.seed == seed)) for seed in seeds}
-        first = raw[reference.spec.seed]
-        for name in same:
-            same[name] = all(_same_examples(getattr(first, name), getattr(r, name)) for r in raw.values())
-        if not same["test"]:
-            other = next(m for m in members if not _same_examples(first.test, raw[m.spec.seed].test))
-            raise BabysitError(f"{other.path}: its test split holds other examples than {reference.path}'s "
-                               f"(data.source {reference.spec.data.source!r} carves the test set by seed: "
-                               f"{reference.spec.seed} there, {other.spec.seed} here); an ensemble is scored on one test set")
-
+    # the same data spec (split_seed included) carves the same splits, whatever the members' seeds
     result: dict[str, Any] = {
         "runs": [str(m.path) for m in members],
         "loss": reference.spec.loss,
@@ -115,10 +87,6 @@ def ensemble_runs(run_dirs: Sequence[str | Path], device: torch.device | str | N
     for name in ("val", "test"):
         splits = [getattr(m.splits, name) for m in members]
         if any(s is None or not len(s) for s in splits):
-            continue
-        if not same[name]:
-            notes.append(f"{name}: not scored; the members' seeds carve different {name} splits "
-                         "(each member trained on examples another holds out)")
             continue
         scores = evaluate_ensemble([m.model for m in members], reference.spec.loss, splits,
                                    task=reference.splits.task, num_classes=reference.splits.num_classes)

@@ -37,7 +37,7 @@ def prepare(spec: Experiment, splits: data_module.Splits | None = None, *, two_n
     family.validate(spec)
     device = resolve_device(spec.train.device)
     seed_everything(spec.seed)
-    splits = (splits if splits is not None else data_module.load(spec.data, spec.seed)).to(device)
+    splits = (splits if splits is not None else data_module.load(spec.data)).to(device)
     splits = family.adapt(spec, splits)
     model, loss_fn = family.build(spec, splits)
     model = model.to(device)

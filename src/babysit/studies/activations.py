@@ -45,7 +45,7 @@ def activations_study(quick: bool = False, progress: Progress | None = None, see
         data_spec, hidden, target, budget = DataSpec(source="digits"), [64, 64, 64], 0.90, 3000
     else:
         data_spec, hidden, target, budget = DataSpec(source="mnist1d"), [100, 100, 100], 0.50, 10000
-    splits = data.load(data_spec, seed)
+    splits = data.load(data_spec.model_copy(update={"split_seed": seed}))
     lr, batch_size, every = 0.01, 32, 10
     rows: list[dict[str, Any]] = []
     curves: dict[str, Any] = {}

@@ -34,7 +34,7 @@ def batch_study(quick: bool = False, progress: Progress | None = None, seed: int
     full batch gets at most 400 epochs (one step each), mini-batches 20, a single sample 4.
     """
     say = progress or (lambda line: None)
-    splits = data.load(DataSpec(source="digits"), seed)
+    splits = data.load(DataSpec(source="digits", split_seed=seed))
     scale = 1 if quick else 4
     # label -> (batch size, epochs at most, measurements per epoch)
     settings: dict[str, tuple[int | str, int, int]] = {

@@ -41,7 +41,7 @@ def depth_study(quick: bool = False, progress: Progress | None = None, seed: int
     at most 1,000 steps to 90% validation accuracy. Full: 30 layers, 3,000 steps.
     """
     say = progress or (lambda line: None)
-    splits = data.load(DataSpec(source="digits"), seed)
+    splits = data.load(DataSpec(source="digits", split_seed=seed))
     depth, budget = (20, 1000) if quick else (30, 3000)
     width, activation, lr, target, every = 64, "sigmoid", 0.001, 0.90, 20
     rows: list[dict[str, Any]] = []

@@ -40,7 +40,7 @@ def normalization_study(quick: bool = False, progress: Progress | None = None, s
     rate, rates 10^-2 .. 10^1 in half decades. Full: 600 steps, rates 10^-3 .. 10^1.5.
     """
     say = progress or (lambda line: None)
-    splits = data.load(DataSpec(source="digits"), seed)
+    splits = data.load(DataSpec(source="digits", split_seed=seed))
     if quick:
         lrs, steps, every = np.logspace(-2, 1, 7), 120, 20
     else:

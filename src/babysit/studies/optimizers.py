@@ -55,7 +55,7 @@ def optimizers_study(quick: bool = False, progress: Progress | None = None, seed
     say = progress or (lambda line: None)
     steps = 200 if quick else 1000
     every = 5 if quick else 10
-    splits = data.load(DataSpec(source="spirals", samples=SAMPLES), seed)
+    splits = data.load(DataSpec(source="spirals", samples=SAMPLES, split_seed=seed))
     model_spec = ModelSpec(hidden=HIDDEN, activation="tanh")
     rows: list[dict[str, Any]] = []
     curves: dict[str, Any] = {}

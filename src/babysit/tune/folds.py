@@ -36,7 +36,7 @@ def cross_validation_folds(spec: Experiment, folds: int) -> list[Splits]:
     >>> [len(p.val) for p in parts], len(parts[0].train) + len(parts[0].val)
     ([80, 80, 80], 240)
     """
-    pooled = data_module.load(spec.data.model_copy(update={"val_fraction": 0.0, "preprocess": []}), spec.seed)
+    pooled = data_module.load(spec.data.model_copy(update={"val_fraction": 0.0, "preprocess": []}))
     x, y = pooled.train.x, pooled.train.y
     n = len(x)
     if folds < 2 or n < folds:
@@ -81,7 +81,7 @@ class DataCache:
             if self.folds:
                 self._cache[key] = cross_validation_folds(spec, self.folds)
             else:
-                splits = data_module.load(spec.data, spec.seed)
+                splits = data_module.load(spec.data)
                 if splits.val is None or not len(splits.val):
                     raise BabysitError("search: trials are scored on the validation split; set data.val_fraction > 0 "
                                        "or pass --folds K")
