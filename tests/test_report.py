@@ -22,7 +22,7 @@ from babysit import config
 from babysit.checks.findings import FINDINGS
 from babysit.report import compare, render
 from babysit.report.figures import PNG_SIGNATURE, png_bytes
-from babysit.report.html import data_uri, differing_keys
+from babysit.report.html import compare_page, data_uri, differing_keys
 from babysit.run import run
 from helpers import FAST, run_cli
 
@@ -171,3 +171,17 @@ def test_cli_bad_run_is_one_line_and_exit_2(runs, tmp_path, capsys, command):
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "not a run directory" in lines[0] and "Traceback" not in err
+
+
+def test_the_comparison_says_whether_its_runs_share_their_test_examples(tmp_path):
+    def run_dir(name: str, text: str):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.yaml").write_text(text)
+        return folder
+
+    seeds = [run_dir("s0", "name: a\nseed: 0\n"), run_dir("s1", "name: a\nseed: 1\ndata: {batch_size: 64}\n")]
+    assert "Every run is scored on the same validation and test examples" in compare_page(seeds)
+    other = run_dir("split", "name: a\ndata: {split_seed: 3}\n")
+    page = compare_page([seeds[0], other])
+    assert "data differ (data.split_seed)" in page and "not measured on the same examples" in page

@@ -456,6 +456,33 @@ def _labels(runs: Sequence[RunFiles]) -> list[str]:
     return [str(run.path) if names.count(name) > 1 else name for run, name in zip(runs, names, strict=True)]
 
 
+def shared_examples_line(runs: Sequence[RunFiles]) -> str:
+    """Whether the runs' validation and test numbers are measured on the same examples: they
+    are when their data sections (``data.split_seed`` included, ``batch_size`` aside) agree.
+
+    Example
+    -------
+    >>> from pathlib import Path
+    >>> a = RunFiles(Path("a"), "", {"seed": 0}, [], [], {}, [])
+    >>> b = RunFiles(Path("b"), "", {"seed": 1}, [], [], {}, [])
+    >>> shared_examples_line([a, b]).startswith("Every run is scored on the same")
+    True
+    """
+    data = []
+    for run in runs:
+        try:
+            data.append(validate(run.spec).data.model_dump(mode="json", exclude={"batch_size"}))
+        except BabysitError:
+            return "Whether the runs share their validation and test examples is unknown: a config.yaml is not a valid spec."
+    differing = sorted({k for d in data for k in d if any(d.get(k) != other.get(k) for other in data)})
+    if not differing:
+        return ("Every run is scored on the same validation and test examples: their data, data.split_seed "
+                "included, is the same.")
+    keys = ", ".join(f"data.{k}" for k in differing[:4])
+    return (f"The runs' data differ ({keys}): their validation and test numbers are not measured on the "
+            "same examples.")
+
+
 def compare_page(run_dirs: Sequence[str | Path]) -> str:
     """The HTML text comparing runs: curves overlaid, final metrics and findings side by
     side, the spec keys that differ.
@@ -497,7 +524,8 @@ def compare_page(run_dirs: Sequence[str | Path]) -> str:
     body = (f"<header><h1>Comparison of {len(runs)} runs</h1>{legend}</header>"
             f'<section><h2 id="curves">Learning curves</h2>'
             f"{figure(overlaid, 'Training loss, validation loss and validation accuracy per epoch, one line per run.')}"
-            f'</section><section><h2 id="metrics">Final metrics</h2>{metrics}</section>'
+            f'</section><section><h2 id="metrics">Final metrics</h2><p>{escape(shared_examples_line(runs))}</p>'
+            f"{metrics}</section>"
             f'<section><h2 id="findings">Findings</h2>{findings_table}</section>'
             f'<section><h2 id="spec">Spec keys that differ</h2>{spec_table}</section>')
     return page(f"babysit compare: {', '.join(labels)}", f"<main>{body}</main>")
