@@ -4,6 +4,10 @@ traceback, nothing written outside the run directory, and quickly where a hang i
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -97,3 +101,23 @@ def test_a_diverging_run_writes_strict_json(tmp_path, capsys):
     for name in ("metrics.jsonl", "monitors.jsonl"):
         for line in (tmp_path / "run" / name).read_text().splitlines():
             json.loads(line, parse_constant=no_constant)
+
+
+def test_ctrl_c_says_how_to_continue_and_the_run_resumes(tmp_path):
+    out = tmp_path / "run"
+    train = [sys.executable, "-m", "babysit", "train", "data.source=spirals", "data.samples=3000", "train.epochs=150",
+             "train.early_stopping.patience=null", "-q", "--out", str(out)]
+    process = subprocess.Popen(train, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 60
+    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines() == ["interrupted; continue with babysit train ... --resume"]
+    resumed = subprocess.run([sys.executable, "-m", "babysit", "train", "--out", str(out), "--resume", "-q"],
+                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 150

@@ -17,7 +17,9 @@ one line on stderr naming the problem and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -533,19 +535,34 @@ def study(
     typer.echo(f"study directory: {result.path} ({result.seconds:.1f} s); report: {result.path / 'report.html'}")
 
 
+class Interrupted(BaseException):
+    """Ctrl-C, raised instead of KeyboardInterrupt: typer turns a KeyboardInterrupt into a
+    silent exit 130, and the user should learn how to continue."""
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted
+
+
 def main() -> None:
-    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    """Entry point: run the app, turning user errors into one line and exit code 2, and Ctrl-C
+    into one line saying how to continue, and exit code 130."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _interrupted) if main_thread else None
     try:
         app()  # standalone: usage errors and --help are handled (and exit) the usual way
     except BabysitError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(BabysitError.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         verb = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
         hint = {"train": "; continue with babysit train ... --resume",
                 "search": "; the same babysit search command continues the study"}.get(verb, "")
         typer.echo(f"interrupted{hint}", err=True)
         sys.exit(130)
+    finally:
+        if main_thread and previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":
