@@ -121,3 +121,12 @@ def test_ctrl_c_says_how_to_continue_and_the_run_resumes(tmp_path):
                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((out / "summary.json").read_text())["epochs"] == 150
+
+
+@pytest.mark.parametrize("args", [
+    ["check", "seed=18446744073709551616"], ["check", "seed=-1"], ["check", "name=" + "x" * 300],
+    ["check", "name=a\x00b"], ["sample", "runs/none", "--seed", "18446744073709551616"],
+])
+def test_seeds_and_names_out_of_range_are_refused(args, tmp_path, capsys):
+    line = refused(args, capsys, cwd=tmp_path)
+    assert ("seed" in line or "name" in line), line

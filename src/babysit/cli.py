@@ -109,6 +109,13 @@ def train(
     typer.echo(f"report: {result.path / 'report.html'}")
 
 
+def _check_seed(seed: int) -> int:
+    """A --seed torch and numpy take: in [0, 2**63)."""
+    if not 0 <= seed < 2**63:
+        raise BabysitError(f"--seed: must be in [0, 2**63), got {seed}")
+    return seed
+
+
 def _console() -> Any:
     """A rich console on stdout, at least 100 columns wide (tables stay readable in logs and pipes)."""
     from rich.console import Console
@@ -369,7 +376,7 @@ def landscape(
     from babysit.landscape.run import landscape_lines, landscape_run
 
     result = landscape_run(run_dir, what, resolution=resolution, samples=samples, other=other, span=span,
-                           seed=seed, quiet=quiet)
+                           seed=_check_seed(seed), quiet=quiet)
     for line in landscape_lines(result, what):
         typer.echo(line)
     typer.echo(f"wrote {run_dir / 'landscape.json'}, figures in {run_dir / 'figures'}, report {run_dir / 'report.html'}")
@@ -490,7 +497,7 @@ def sample(
     """
     from babysit.families.language import sample_text
 
-    typer.echo(sample_text(run_dir, prompt, tokens, temperature=temperature, top_k=top_k, seed=seed))
+    typer.echo(sample_text(run_dir, prompt, tokens, temperature=temperature, top_k=top_k, seed=_check_seed(seed)))
 
 
 @app.command()

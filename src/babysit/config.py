@@ -207,7 +207,7 @@ class ChecksSpec(Section):
 
 class Experiment(Section):
     name: str | None = None  # default: "<data.source>-<model.kind>"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)  # torch and numpy take seeds in [0, 2**63)
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     loss: LossName = "cross_entropy"
@@ -268,8 +268,10 @@ class Experiment(Section):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str | None) -> str | None:
-        if value is not None and (not value or "/" in value or value in (".", "..")):
-            raise ValueError(f"must be a non-empty name without '/', got {_echo(value)}")
+        if value is not None and (not value or "/" in value or "\\" in value or value in (".", "..")
+                                  or len(value) > NAME_MAX_CHARS or not value.isprintable()):
+            raise ValueError(f"must be a printable name of 1 to {NAME_MAX_CHARS} characters without '/' or '\\' "
+                             f"(it names the run directory), got {_echo(value)}")
         return value
 
     @model_validator(mode="after")
@@ -469,6 +471,7 @@ def _copied_path(raw: dict[str, Any], key: str) -> list[str]:
 
 
 ECHO_CHARS = 80  # an error message quotes at most this much of the value it refuses
+NAME_MAX_CHARS = 100  # a run's name becomes a directory name (file systems allow 255 bytes)
 
 
 def _echo(value: Any) -> str:
