@@ -130,3 +130,43 @@ def test_ctrl_c_says_how_to_continue_and_the_run_resumes(tmp_path):
 def test_seeds_and_names_out_of_range_are_refused(args, tmp_path, capsys):
     line = refused(args, capsys, cwd=tmp_path)
     assert ("seed" in line or "name" in line), line
+
+
+def big_npz(path):
+    """An .npz whose x header claims 8 TB (nothing that large is written)."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**7, 10**5)})
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", header.getvalue())
+        archive.writestr("y.npy", header.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("source", ["npz", "csv", "text"])
+def test_a_fifo_or_a_device_as_data_path_is_refused_at_once(source, tmp_path, capsys):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/zero"):
+        line = refused(["check", f"data.source={source}", f"data.path={path}"], capsys)
+        assert "not a regular file" in line
+
+
+def test_an_npz_claiming_more_memory_than_the_machine_has_is_refused(tmp_path, capsys):
+    line = refused(["check", "data.source=npz", f"data.path={big_npz(tmp_path / 'big.npz')}"], capsys)
+    assert "claims 8000.0 GB" in line
+
+
+def test_an_image_larger_than_the_cap_is_refused_before_decoding(tmp_path, capsys):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "images" / label / "small.png")
+    Image.new("1", (5000, 5000)).save(tmp_path / "images" / "a" / "huge.png")  # a few KB on disk
+    line = refused(["check", "data.source=folder", f"data.path={tmp_path / 'images'}"], capsys)
+    assert "huge.png" in line and "larger than" in line

@@ -32,6 +32,7 @@ import random
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,7 @@ from babysit.errors import BabysitError
 from babysit.rundir import save_npz
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_IMAGE_PIXELS = 4096 * 4096  # per image file (PIL's header gives the size before decoding)
 CACHE_FORMAT = 1  # bump when the cached arrays change meaning, so old caches are not reused
 
 
@@ -187,10 +189,35 @@ def blobs(spec: DataSpec, seed: int = 0) -> RawData:
 # --------------------------------------------------------------------------- files
 
 
+def _memory_bytes() -> int:
+    """The machine's physical memory (a large number where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 2**62
+
+
+def _claimed_bytes(archive: Any, name: str) -> int | None:
+    """The bytes an array of an .npz archive says it holds (from its .npy header, before
+    anything is read); None when the header cannot be read (reading it then fails in one line)."""
+    try:
+        with archive.zip.open(name + ".npy") as member:
+            version = np.lib.format.read_magic(member)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0(member) if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0(member))
+        return int(np.prod(shape, dtype=np.float64) * dtype.itemsize)
+    except Exception:  # noqa: BLE001 (any damage is reported when the array itself is read)
+        return None
+
+
 def _existing(path: str | None, kind: str) -> Path:
+    """``data.path`` as a regular file: a FIFO would block forever and a device such as
+    /dev/zero would fill the memory, so anything else is refused in one line."""
     p = Path(path or "")
     if not p.exists():
         raise BabysitError(f"{p}: data file not found (data.path for source '{kind}')")
+    if not p.is_file():
+        raise BabysitError(f"{p}: not a regular file (data.path for source '{kind}' names a .{kind} file)")
     return p
 
 
@@ -218,6 +245,10 @@ def npz(spec: DataSpec, seed: int = 0) -> RawData:
     with f:
         arrays = {}
         for name in f.files:
+            claimed = _claimed_bytes(f, name)
+            if claimed is not None and claimed > _memory_bytes():
+                raise BabysitError(f"{path}: array '{name}' claims {claimed / 1e9:.1f} GB, more than this machine's "
+                                   f"{_memory_bytes() / 1e9:.1f} GB of memory")
             try:
                 arrays[name] = f[name]
             except ValueError:  # object arrays need pickle, which is never allowed for data files
@@ -370,11 +401,16 @@ def folder(spec: DataSpec, seed: int = 0) -> RawData:
 
     pictures = []
     for p, _ in files:
+        if not p.is_file():
+            raise BabysitError(f"{p}: not a regular file")
         try:
             with Image.open(p) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise BabysitError(f"{p}: image is {im.width}x{im.height}, larger than "
+                                       f"{MAX_IMAGE_PIXELS:,} pixels; babysit trains on small images")
                 im.load()
                 pictures.append(im.copy())
-        except (OSError, UnidentifiedImageError):
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
             raise BabysitError(f"{p}: not a readable image") from None
     size = pictures[0].size
     for (p, _), im in zip(files, pictures, strict=True):

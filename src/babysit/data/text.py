@@ -34,6 +34,7 @@ from babysit.data.raw import RawData
 from babysit.errors import BabysitError
 
 DEFAULT_TEXT = Path(__file__).parent / "texts" / "sonnets.txt"
+MAX_TEXT_BYTES = 200_000_000
 
 
 def read_text(path: str | Path | None = None) -> str:
@@ -42,8 +43,13 @@ def read_text(path: str | Path | None = None) -> str:
     A missing, unreadable or non-UTF-8 file is a BabysitError naming it.
     """
     file = Path(path) if path else DEFAULT_TEXT
-    if not file.is_file():
+    if not file.exists():
         raise BabysitError(f"{file}: text file not found (data.path for source 'text')")
+    if not file.is_file():  # a FIFO blocks forever, /dev/zero fills the memory
+        raise BabysitError(f"{file}: not a regular file (data.path for source 'text' names a text file)")
+    if file.stat().st_size > MAX_TEXT_BYTES:
+        raise BabysitError(f"{file}: larger than {MAX_TEXT_BYTES // 1_000_000} MB; babysit's language models "
+                           "train on a small text held in memory")
     try:
         return file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
