@@ -170,3 +170,18 @@ def test_an_image_larger_than_the_cap_is_refused_before_decoding(tmp_path, capsy
     Image.new("1", (5000, 5000)).save(tmp_path / "images" / "a" / "huge.png")  # a few KB on disk
     line = refused(["check", "data.source=folder", f"data.path={tmp_path / 'images'}"], capsys)
     assert "huge.png" in line and "larger than" in line
+
+
+def test_damaged_run_files_do_not_break_resume_or_the_report(tmp_path, capsys):
+    code, _, err = run_cli(["train", *FAST, "-q", "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    run = tmp_path / "run"
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('[1, 2]\n{"step": "abc", "epoch": 9}\n"text"\n')
+    with (run / "monitors.jsonl").open("a") as f:
+        f.write('[1]\n{"step": 3}\n')
+    (run / "summary.json").write_text("[" * 100_000 + "]" * 100_000)
+    code, _, err = run_cli(["report", str(run)], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    code, _, err = run_cli(["train", "--out", str(run), "--resume", "-q", "train.epochs=3"], capsys)
+    assert code == 0 and "Traceback" not in err, err

@@ -300,7 +300,7 @@ def read_json(path: str | Path, default: Any = None) -> Any:
     """The JSON value in ``path``; ``default`` when it is missing or unreadable."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # missing, damaged, or nested beyond Python's stack
         return default
 
 
@@ -329,7 +329,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(record, dict):
             records.append(record)
@@ -342,7 +342,7 @@ def truncate_jsonl(path: str | Path, last_step: int) -> None:
     path = Path(path)
     if not path.exists():
         return
-    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step]
+    kept = [r for r in read_jsonl(path) if isinstance(r.get("step", 0), int) and r.get("step", 0) <= last_step]
     write_text(path, "".join(json_line(r) + "\n" for r in kept))
 
 

@@ -58,6 +58,13 @@ PERSIST_FRACTION = 0.5
 # --------------------------------------------------------------------------- the rules
 
 
+def well_formed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records the rules can read: an integer step and a mapping of layers to mappings
+    (a monitors.jsonl edited or damaged by hand loses the rest, not the run's findings)."""
+    return [r for r in records if isinstance(r, dict) and isinstance(r.get("step"), int)
+            and isinstance(r.get("layers"), dict) and all(isinstance(v, dict) for v in r["layers"].values())]
+
+
 def _series(records: list[dict[str, Any]], layer: str, key: str) -> list[float]:
     return [r["layers"][layer][key] for r in records if key in r["layers"].get(layer, {})
             and r["layers"][layer][key] is not None]
@@ -107,6 +114,7 @@ def monitor_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     >>> monitor_summary(recs)["update_ratio_median"]  # the first step's update is left out
     {'fc': 0.002}
     """
+    records = well_formed(records)
     out: dict[str, Any] = {"samples": len(records)}
     for key, label in (("update_ratio", "update_ratio_median"), ("grad_norm", "grad_norm_median"),
                        ("dead_fraction", "dead_fraction_median"), ("saturated_fraction", "saturated_fraction_median"),
@@ -138,6 +146,7 @@ def monitor_findings(records: list[dict[str, Any]]) -> list[Finding]:
     >>> [(f.id, f.layer, f.severity) for f in monitor_findings(recs)]
     [('dead_relu', 'fc.1', 'warning')]
     """
+    records = well_formed(records)
     if not records:
         return []
     found: list[Finding] = []
