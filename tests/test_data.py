@@ -171,8 +171,10 @@ def test_split_sizes_train_size_and_none_splits():
     assert (len(s.train), len(s.val), len(s.test)) == (50, 60, 60)
     s = load(spec(source="spirals", samples=300, val_fraction=0.0, test_fraction=0.0, train_size=10_000))
     assert len(s.train) == 300 and s.val is None and s.test is None  # train_size beyond the data keeps all
-    s = load(spec(source="spirals", samples=30, val_fraction=0.01, test_fraction=0.0, train_size=1))
-    assert len(s.train) == 1 and len(s.val) == 1  # a fraction > 0 holds out at least one example
+    s = load(spec(source="spirals", samples=30, val_fraction=0.01, test_fraction=0.0, train_size=2))
+    assert len(s.train) == 2 and len(s.val) == 1  # a fraction > 0 holds out at least one example
+    with pytest.raises(BabysitError, match="the training split holds 1 example"):  # nothing to train on
+        load(spec(source="spirals", samples=30, val_fraction=0.01, test_fraction=0.0, train_size=1))
 
 
 def test_splits_are_disjoint_and_cover_the_data():

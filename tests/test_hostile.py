@@ -185,3 +185,14 @@ def test_damaged_run_files_do_not_break_resume_or_the_report(tmp_path, capsys):
     assert code == 0 and "Traceback" not in err, err
     code, _, err = run_cli(["train", "--out", str(run), "--resume", "-q", "train.epochs=3"], capsys)
     assert code == 0 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(("override", "says"), [
+    ("data.train_size=1", "at least 2 are needed"),
+    ("model.norm=batch data.batch_size=1", "batch normalisation needs batches of 2"),
+    ("model.hidden=[1000000000]", "at most 1,000,000"),
+    ("data.samples=1000000000000", "data.samples: must be <= 10000000"),
+])
+def test_specs_that_would_crash_or_exhaust_memory_are_refused(override, says, capsys):
+    line = refused(["check", "data.source=spirals", *override.split()], capsys)
+    assert says in line

@@ -70,7 +70,7 @@ class DataSpec(Section):
     split_seed: int = Field(0, ge=0, lt=2**63)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # for sources without a test split
-    samples: int | None = Field(None, gt=0)  # size of generated sets (mnist1d 5000, spirals 1500, blobs 1500)
+    samples: int | None = Field(None, gt=0, le=10_000_000)  # size of generated sets (mnist1d 5000, spirals 1500, blobs 1500)
     context: int = Field(64, ge=2)  # text: characters per example, the language model's context length
     classes: int = Field(3, ge=2)  # spirals / blobs
     noise: float = Field(0.2, ge=0.0)  # spirals / blobs
@@ -136,6 +136,9 @@ class ModelSpec(Section):
         bad = [w for w in value if w < 1]
         if bad:
             raise ValueError(f"widths must be positive integers, got {_echo(value)}")
+        if any(w > MAX_WIDTH for w in value):
+            raise ValueError(f"widths must be at most {MAX_WIDTH:,} (one layer's weights would not fit in "
+                             f"memory), got {_echo(value)}")
         return value
 
 
@@ -255,6 +258,13 @@ class Experiment(Section):
         elif kind == "gpt":  # nanoGPT / GPT-2: AdamW, GELU units (fixed by the architecture)
             raw = {**raw, "optimizer": _with_defaults(raw.get("optimizer"), name="adamw", lr=1e-3)}
         return raw
+
+    @model_validator(mode="after")
+    def _batch_norm_needs_batches(self) -> Experiment:
+        if self.model.norm == "batch" and self.data.batch_size == 1:
+            raise ValueError("model.norm: batch normalisation needs batches of 2 or more examples (its statistics "
+                             "of one example are meaningless); data.batch_size is 1: use norm: layer, or a larger batch")
+        return self
 
     @model_validator(mode="after")
     def _perceptron_rule_needs_its_criterion(self) -> Experiment:
@@ -471,6 +481,7 @@ def _copied_path(raw: dict[str, Any], key: str) -> list[str]:
 
 
 ECHO_CHARS = 80  # an error message quotes at most this much of the value it refuses
+MAX_WIDTH = 1_000_000  # units or channels in one layer
 NAME_MAX_CHARS = 100  # a run's name becomes a directory name (file systems allow 255 bytes)
 
 

@@ -117,6 +117,9 @@ def load(spec: DataSpec) -> Splits:
 
     if spec.train_size is not None:
         x, y = x[:spec.train_size], y[:spec.train_size]
+    if len(x) < 2:  # one example has no batch statistics, no gradient check, no subset to overfit
+        raise BabysitError(f"data: the training split holds {len(x)} example(s); at least 2 are needed "
+                           "(data.train_size, data.samples, val_fraction, test_fraction)")
 
     train = _split(x, y)
     # token ids are categories, not features to centre or scale: no preprocessing applies
