@@ -18,28 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import torch
 
 from babysit.config import Experiment
 from babysit.data import Split, Splits
 from babysit.families.protocol import RunContext
-from babysit.families.standard import StandardFamily, refuse_token_ids
+from babysit.families.standard import StandardFamily, refuse_token_ids, shown_split, to_data_units
 from babysit.rundir import save_npz
 
 RECONSTRUCTIONS_SHOWN = 16  # test examples drawn with their reconstructions
-
-
-def to_data_units(splits: Splits) -> Any:
-    """``tensor -> tensor`` undoing the data's preprocessing (to draw examples in pixels)."""
-    pre = splits.preprocessor
-    return pre.inverse_transform if pre is not None and pre.fitted is not None else (lambda t: t)
-
-
-def shown_split(splits: Splits) -> Split:
-    """The split whose first examples a report shows: test, else val, else train."""
-    return next(s for s in (splits.test, splits.val, splits.train) if s is not None and len(s))
 
 
 class AutoencoderFamily(StandardFamily):
@@ -74,4 +62,4 @@ class AutoencoderFamily(StandardFamily):
 
 AUTOENCODER = AutoencoderFamily()
 
-__all__ = ["AUTOENCODER", "AutoencoderFamily", "shown_split", "to_data_units"]
+__all__ = ["AUTOENCODER", "AutoencoderFamily"]

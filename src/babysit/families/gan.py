@@ -54,8 +54,8 @@ from babysit.checks.preflight import ALL, preflight
 from babysit.config import Experiment
 from babysit.data import Splits
 from babysit.errors import BabysitError
-from babysit.families.autoencoder import to_data_units
 from babysit.families.protocol import RunContext
+from babysit.families.standard import to_data_units
 from babysit.optim import losses, optimizers
 from babysit.optim.losses import BinaryBCE
 from babysit.rundir import read_jsonl, save_npz

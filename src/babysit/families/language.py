@@ -29,9 +29,8 @@ from babysit.config import RECURRENT_KINDS, Experiment
 from babysit.data import Splits
 from babysit.data.text import decode, encode
 from babysit.errors import BabysitError
-from babysit.families.autoencoder import shown_split
 from babysit.families.protocol import RunContext
-from babysit.families.standard import StandardFamily, per_token
+from babysit.families.standard import StandardFamily, per_token, shown_split
 from babysit.nets.gpt import generate
 from babysit.rundir import read_run, write_json
 from babysit.train.checkpoint import load_checkpoint

@@ -24,7 +24,7 @@ from babysit.checks.findings import Finding
 from babysit.checks.monitors import monitor_findings
 from babysit.checks.preflight import preflight
 from babysit.config import RECURRENT_KINDS, Experiment
-from babysit.data import Splits
+from babysit.data import Split, Splits
 from babysit.errors import BabysitError
 from babysit.families.protocol import RunContext
 from babysit.optim import losses, optimizers, schedules
@@ -59,6 +59,17 @@ def preflight_inputs(spec: Experiment, splits: Splits, examples: int = PREFLIGHT
         "loss_name": spec.loss,
         "seed": spec.seed,
     }
+
+
+def to_data_units(splits: Splits) -> Any:
+    """``tensor -> tensor`` undoing the data's preprocessing (to draw examples in pixels)."""
+    pre = splits.preprocessor
+    return pre.inverse_transform if pre is not None and pre.fitted is not None else (lambda t: t)
+
+
+def shown_split(splits: Splits) -> Split:
+    """The split whose first examples a report shows: test, else val, else train."""
+    return next(s for s in (splits.test, splits.val, splits.train) if s is not None and len(s))
 
 
 def split_metrics(run: RunContext, trainer: Trainer) -> dict[str, Any]:
@@ -140,4 +151,4 @@ class StandardFamily:
 STANDARD = StandardFamily()
 
 __all__ = ["FIRST_ORDER_RULES", "STANDARD", "TOKEN_KINDS", "StandardFamily", "per_token", "preflight_inputs",
-           "refuse_token_ids", "split_metrics"]
+           "refuse_token_ids", "shown_split", "split_metrics", "to_data_units"]

@@ -83,7 +83,6 @@ def ensemble_runs(run_dirs: Sequence[str | Path], device: torch.device | str | N
                     for m in members],
         "device": str(device),
     }
-    notes = []
     for name in ("val", "test"):
         splits = [getattr(m.splits, name) for m in members]
         if any(s is None or not len(s) for s in splits):
@@ -101,7 +100,7 @@ def ensemble_runs(run_dirs: Sequence[str | Path], device: torch.device | str | N
     pick = max if key == "test_acc" else min
     best = pick(result["members"], key=lambda row: row[key])
     result["best_member"] = {"run": best["run"], "by": key, **{k: v for k, v in best.items() if k.startswith(("val_", "test_"))}}
-    result["notes"] = notes
+    result["notes"] = []  # kept in ensemble.json: nothing is left unscored since members share their splits
     return result
 
 

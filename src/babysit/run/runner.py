@@ -21,6 +21,7 @@ Example
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -53,7 +54,6 @@ from babysit.rundir import (
     check_new_run_folder,
     clear_run,
     read_json_list,
-    read_jsonl,
     remove_orphans,
     run_lock,
     truncate_jsonl,
@@ -382,9 +382,14 @@ def write_report(path: Path) -> None:
 
 
 def first_loss(path: Path) -> float | None:
-    """The loss of a run's first monitor sample: the explosion guard's reference on resume."""
-    records = read_jsonl(path)
-    loss = records[0].get("loss") if records else None
+    """The loss of a run's first monitor sample: the explosion guard's reference on resume
+    (only the first line is read; monitors.jsonl grows with the run)."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            record = json.loads(handle.readline())
+    except (OSError, ValueError):
+        return None
+    loss = record.get("loss") if isinstance(record, dict) else None
     return loss if isinstance(loss, (int, float)) else None
 
 
