@@ -177,9 +177,10 @@ def test_resume_of_a_run_killed_before_any_checkpoint_starts_it_again(tmp_path, 
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"] == 2
 
 
-def test_one_json_policy_nan_and_inf_are_null(tmp_path):
+def test_one_json_policy_nan_and_inf_are_null_plus_a_flag(tmp_path):
     rundir.write_json(tmp_path / "a.json", {"x": float("nan"), "y": [float("inf"), torch.tensor(2.5)]})
     text = (tmp_path / "a.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
-    assert json.loads(text) == {"x": None, "y": [None, 2.5]}
-    assert rundir.json_line({"loss": float("-inf")}) == '{"loss": null}'
+    assert json.loads(text) == {"x": None, "y": [None, 2.5], "nonfinite": {"x": "nan", "y.0": "inf"}}
+    assert rundir.json_line({"loss": float("-inf")}) == '{"loss": null, "nonfinite": {"loss": "-inf"}}'
+    assert rundir.json_line({"loss": None}) == '{"loss": null}'  # null alone: not measured

@@ -17,9 +17,12 @@ one line on stderr naming the problem and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -551,20 +554,64 @@ def _interrupted(signum: int, frame: Any) -> None:
     raise Interrupted
 
 
+# click's exception classes, found through the one typer exports (typer vendors click in
+# recent versions and depends on it in older ones)
+_CLICK = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+_UsageError, _ClickException = _CLICK["UsageError"], _CLICK["ClickException"]
+# errors of the machine rather than of babysit: one line naming the file, exit code 2
+_OS_ERRORS = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+              errno.EROFS: "read-only file system", errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
+              errno.ENOTDIR: "not a folder", errno.EISDIR: "is a folder", errno.ENAMETOOLONG: "name too long"}
+
+
+def _verb() -> str:
+    return next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+
+
+def _fail(message: str, code: int = BabysitError.exit_code) -> None:
+    typer.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
 def main() -> None:
-    """Entry point: run the app, turning user errors into one line and exit code 2, and Ctrl-C
-    into one line saying how to continue, and exit code 130."""
+    """Entry point: run the app, turning user errors (a bad spec, a bad option, a folder that
+    cannot be written) into one line and exit code 2, and Ctrl-C into one line saying how to
+    continue, and exit code 130. Warnings raised on the way are held back: after a failure the
+    error line is all that prints; after a success each distinct warning prints once, last."""
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, _interrupted) if main_thread else None
     try:
-        app()  # standalone: usage errors and --help are handled (and exit) the usual way
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            code = app(standalone_mode=False)  # errors come here rather than as click's boxes
+        for line in dict.fromkeys(f"warning: {w.category.__name__}: {str(w.message).strip()[:200]}"
+                                  for w in caught):
+            typer.echo(line, err=True)
+        if isinstance(code, int) and code:  # typer.Exit(n), or --help's 0
+            sys.exit(code)
     except BabysitError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(BabysitError.exit_code)
+        _fail(str(exc))
+    except _UsageError as exc:
+        verb = " ".join(exc.ctx.command_path.split()[1:]) if exc.ctx is not None else ""
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `babysit`: the help, as before
+            typer.echo(exc.format_message())
+            sys.exit(exc.exit_code)
+        verb = verb or (_verb() if _verb() in {c.name or c.callback.__name__ for c in app.registered_commands} else "")
+        message = " ".join(exc.format_message().split()).rstrip(".")  # one line
+        _fail(f"{message}; see babysit {verb + ' ' if verb else ''}--help", exc.exit_code)
+    except _ClickException as exc:
+        _fail(" ".join(exc.format_message().split()), exc.exit_code)
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:  # output piped into head: stop quietly
+            sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the interpreter closes it at exit)
+            sys.exit(1)
+        if exc.errno not in _OS_ERRORS:
+            raise
+        where = exc.filename if exc.filename is not None else "a file"
+        _fail(f"{where}: {_OS_ERRORS[exc.errno]}")
     except (KeyboardInterrupt, Interrupted):
-        verb = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
         hint = {"train": "; continue with babysit train ... --resume",
-                "search": "; the same babysit search command continues the study"}.get(verb, "")
+                "search": "; the same babysit search command continues the study"}.get(_verb(), "")
         typer.echo(f"interrupted{hint}", err=True)
         sys.exit(130)
     finally:

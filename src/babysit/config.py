@@ -696,6 +696,13 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
     return spec
 
 
+def to_yaml(spec: Experiment) -> str:
+    """The spec as the YAML text a run directory's ``config.yaml`` holds."""
+    return yaml.safe_dump(spec.to_dict(), sort_keys=False)
+
+
 def save(spec: Experiment, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
+    """Write the spec to ``path`` as YAML (a run directory's writes go through
+    :func:`babysit.rundir.write_text`, which is atomic)."""
+    Path(path).write_text(to_yaml(spec), encoding="utf-8")
 

@@ -9,7 +9,8 @@ landscape) goes through this module:
   it to disk and renames it over the target (``os.replace`` is atomic on POSIX), so a reader,
   or a run killed at any moment, sees the old file or the whole new one, never half;
 - **one JSON policy**: :func:`jsonable` turns tensors and numpy numbers into Python numbers
-  and every NaN or infinity into ``null`` (strict JSON has neither), and
+  and every NaN or infinity into ``null`` (strict JSON has neither); :func:`flagged` adds to
+  such a record a ``nonfinite`` entry naming each of those keys and what it held, and
   :func:`write_json` / :func:`json_line` always apply it;
 - **tolerant reads**: :func:`read_jsonl` skips a line cut short by a kill, :func:`read_json`
   gives a default for a missing or damaged file;
@@ -25,7 +26,7 @@ Example
 >>> folder = pathlib.Path(tempfile.mkdtemp())
 >>> write_json(folder / "summary.json", {"loss": float("nan"), "steps": 3})
 >>> read_json(folder / "summary.json")
-{'loss': None, 'steps': 3}
+{'loss': None, 'steps': 3, 'nonfinite': {'loss': 'nan'}}
 >>> next_free(folder / "run").name
 'run'
 """
@@ -259,7 +260,10 @@ def save_npz(path: str | Path, **arrays: Any) -> None:
 # --------------------------------------------------------------------------- JSON
 
 
-def jsonable(value: Any) -> Any:
+NONFINITE = "nonfinite"  # the flag beside a record's nulls: {"key.path": "nan" | "inf" | "-inf"}
+
+
+def jsonable(value: Any, _where: str = "", _found: dict[str, str] | None = None) -> Any:
     """``value`` as strict JSON can hold it: tensors, numpy arrays and numbers as Python
     lists and numbers, tuples as lists, keys as strings, and NaN / inf as None (``null``).
 
@@ -269,30 +273,51 @@ def jsonable(value: Any) -> Any:
     {'a': None, '1': [2.0, None]}
     """
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v, f"{_where}.{k}" if _where else str(k), _found) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
+        return [jsonable(v, f"{_where}.{i}" if _where else str(i), _found) for i, v in enumerate(value)]
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        if math.isfinite(value):
+            return value
+        if _found is not None:
+            _found[_where] = "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
+        return None
     if isinstance(value, str | int | bool) or value is None:
         return value
     if hasattr(value, "tolist"):  # torch tensors, numpy arrays and numpy scalars
-        return jsonable(value.tolist())
+        return jsonable(value.tolist(), _where, _found)
     return value
 
 
+def flagged(value: Any) -> Any:
+    """The one JSON policy of every file babysit writes: :func:`jsonable`, and a record (an
+    object) that had NaN or inf gets a ``nonfinite`` entry naming each such key and what it
+    was, so a reader tells "not measured" (null alone) from "diverged" (null plus the flag).
+
+    Example
+    -------
+    >>> flagged({"loss": float("nan"), "acc": 0.5, "curve": [1.0, float("inf")]})
+    {'loss': None, 'acc': 0.5, 'curve': [1.0, None], 'nonfinite': {'loss': 'nan', 'curve.1': 'inf'}}
+    """
+    found: dict[str, str] = {}
+    result = jsonable(value, "", found)
+    if found and isinstance(result, dict):
+        result[NONFINITE] = found
+    return result
+
+
 def dumps(value: Any, indent: int | None = None) -> str:
-    """``value`` as strict JSON text under :func:`jsonable`'s policy."""
-    return json.dumps(jsonable(value), indent=indent, allow_nan=False)
+    """``value`` as strict JSON text under the policy (:func:`flagged`)."""
+    return json.dumps(flagged(value), indent=indent, allow_nan=False)
 
 
 def json_line(value: Any) -> str:
-    """One JSON Lines record (no newline) under the policy."""
-    return json.dumps(jsonable(value), allow_nan=False)
+    """One JSON Lines record (no newline) under the policy (:func:`flagged`)."""
+    return json.dumps(flagged(value), allow_nan=False)
 
 
 def write_json(path: str | Path, value: Any, indent: int | None = 2) -> None:
-    """Write ``value`` as JSON to ``path`` atomically, NaN and inf as null."""
+    """Write ``value`` as JSON to ``path`` atomically, NaN and inf as null plus the flag."""
     write_text(path, dumps(value, indent) + "\n")
 
 
@@ -424,7 +449,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
     )
 
 
-__all__ = ["LOCK", "RUN_FILES", "RunFiles", "atomic_write", "check_new_run_folder", "clear_run", "has_checkpoint",
-           "remove_orphans", "run_lock", "dumps", "is_run", "json_line", "jsonable", "next_free", "read_json",
+__all__ = ["LOCK", "NONFINITE", "RUN_FILES", "RunFiles", "atomic_write", "check_new_run_folder", "clear_run", "has_checkpoint",
+           "remove_orphans", "run_lock", "dumps", "flagged", "is_run", "json_line", "jsonable", "next_free", "read_json",
            "read_json_list", "read_jsonl", "read_run", "require_run", "run_directory", "save_npz", "weights_file", "truncate_jsonl",
            "write_bytes", "write_json", "write_text"]

@@ -15,7 +15,6 @@ True
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,8 @@ from babysit.errors import BabysitError
 from babysit.families.protocol import RunContext
 from babysit.families.standard import StandardFamily, per_token, shown_split
 from babysit.nets.gpt import generate
-from babysit.rundir import read_run, write_json
-from babysit.train.checkpoint import load_checkpoint
+from babysit.rundir import read_json, read_run, write_json
+from babysit.train.checkpoint import load_checkpoint, load_weights
 
 SAMPLE_PROMPT_CHARS = 32  # the report's text sample continues this much of the test text
 SAMPLE_TOKENS = 400
@@ -107,7 +106,10 @@ def sample_text(run_dir: str | Path, prompt: str = "", tokens: int = 200, *, tem
         raise BabysitError(f"--top-k: must be >= 1, got {top_k}")
     vocab_file = run.path / "vocab.json"
     if vocab_file.is_file():
-        vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+        vocab = read_json(vocab_file)
+        if (not isinstance(vocab, list) or not all(isinstance(c, str) and len(c) == 1 for c in vocab)
+                or len(set(vocab)) != len(vocab)):
+            raise BabysitError(f"{vocab_file}: damaged; it must be a JSON list of distinct single characters")
     else:  # a run that stopped before writing it: the vocabulary of its text
         vocab = data_module.load(spec.data).class_names
     if not vocab or spec.data.source != "text":
@@ -117,7 +119,14 @@ def sample_text(run_dir: str | Path, prompt: str = "", tokens: int = 200, *, tem
         raise BabysitError(f"{run.path}: no checkpoint (checkpoints/best.pt or last.pt) to sample from")
     torch.manual_seed(seed)
     model = nets.build(spec.model, (spec.data.context,), len(vocab))
-    model.load_state_dict(load_checkpoint(checkpoint)["model"])
+    weights = load_checkpoint(checkpoint)
+    try:
+        load_weights(model, weights, checkpoint)
+    except BabysitError as exc:
+        if "does not fit" not in str(exc):
+            raise
+        raise BabysitError(f"{vocab_file.name} ({len(vocab)} characters) does not fit {checkpoint}: "
+                           f"the vocabulary is not the one the network was trained over") from None
     start = prompt or ("\n" if "\n" in vocab else vocab[0])  # an empty prompt starts a new line
     ids = torch.from_numpy(encode(start, vocab))[None]  # (1, t)
     out = generate(model, ids, tokens, spec.data.context, temperature=temperature, top_k=top_k,

@@ -75,6 +75,8 @@ def first_layer_weight(run_dir: str | Path) -> tuple[str, Any, str] | None:
             state = load_checkpoint(path, map_location="cpu").get("model", {})
         except BabysitError:
             continue
+        if not isinstance(state, dict):
+            continue
         tensors = [(k, v) for k, v in state.items() if hasattr(v, "dim") and v.dim() >= 2 and v.is_floating_point()]
         chosen = next(((k, v) for k, v in tensors if k.endswith("weight")), tensors[0] if tensors else None)
         if chosen is not None:

@@ -20,7 +20,7 @@ from babysit import config
 from babysit.errors import BabysitError
 from babysit.run.prepare import prepare
 from babysit.rundir import weights_file
-from babysit.train.checkpoint import load_checkpoint
+from babysit.train.checkpoint import load_checkpoint, load_weights
 
 # --------------------------------------------------------------------------- loading a run
 
@@ -91,15 +91,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     with _global_rng_kept():
         device_used, splits, model, loss_fn = prepare(spec)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    state = load_checkpoint(checkpoints / name, map_location=device_used).get("model")
-    if not isinstance(state, dict):
-        raise BabysitError(f"{checkpoints / name}: holds no model weights")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0]
-        raise BabysitError(f"{checkpoints / name}: does not fit the network config.yaml builds ({detail})") from None
+    load_weights(model, load_checkpoint(checkpoints / name, map_location=device_used), checkpoints / name)
     model.eval()
     return LoadedRun(path=path, spec=spec, model=model, splits=splits, loss_fn=loss_fn, checkpoint=name,
                      device=device_used, initial_state=initial)

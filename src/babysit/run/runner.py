@@ -20,6 +20,7 @@ Example
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import sys
@@ -58,6 +59,7 @@ from babysit.rundir import (
     run_lock,
     truncate_jsonl,
     write_json,
+    write_text,
 )
 from babysit.train.callbacks import (
     Checkpointer,
@@ -68,7 +70,7 @@ from babysit.train.callbacks import (
     TensorBoardLogger,
     TrajectorySaver,
 )
-from babysit.train.checkpoint import load_checkpoint, set_rng_state
+from babysit.train.checkpoint import load_checkpoint, load_weights, set_rng_state
 from babysit.train.device import environment
 from babysit.train.distributed import DistributedContext, SingleProcess, in_process_group
 from babysit.train.ensemble import cycle_end_steps, evaluate_snapshots, snapshot_callback
@@ -214,7 +216,7 @@ def _run_in(path: Path, resume: bool, spec: Experiment, built: Assembled, group:
 
     if main:
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
-        config_module.save(spec, path / "config.yaml")
+        write_text(path / "config.yaml", config_module.to_yaml(spec))  # atomic: a kill leaves the old or the new
     preflight_found: list[Finding] | None = None  # None: kept from the first segment of a resumed run
     if not resume:
         preflight_found = _preflight(family, context, None if quiet else progress_stream or sys.stdout) if main else []
@@ -282,19 +284,28 @@ def _last_checkpoint(path: Path) -> dict[str, Any]:
 
 def _restore(checkpoint: dict[str, Any], built: Assembled, early: EarlyStopping | None, path: Path) -> LoopState:
     """Put the weights, optimizer, schedule, RNGs and early stopping (with its best weights)
-    back as the checkpoint saved them; returns the loop state to continue from."""
-    built.model.load_state_dict(checkpoint["model"])
-    built.optimizer.load_state_dict(checkpoint["optimizer"])
-    if built.schedule is not None and checkpoint.get("schedule") is not None:
-        built.schedule.load_state_dict(checkpoint["schedule"])
-    built.generator.set_state(checkpoint["generator"])
-    set_rng_state(checkpoint["rng"])
+    back as the checkpoint saved them; returns the loop state to continue from. A checkpoint
+    of another network, or one missing a part, is a BabysitError naming the file."""
+    last, best_path = path / "checkpoints" / "last.pt", path / "checkpoints" / "best.pt"
+    load_weights(built.model, checkpoint, last)
+    try:
+        built.optimizer.load_state_dict(checkpoint["optimizer"])
+        if built.schedule is not None and checkpoint.get("schedule") is not None:
+            built.schedule.load_state_dict(checkpoint["schedule"])
+        built.generator.set_state(checkpoint["generator"])
+        set_rng_state(checkpoint["rng"])
+        loop = LoopState.from_checkpoint(checkpoint["loop"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        detail = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:120]
+        raise BabysitError(f"{last}: not a checkpoint of this run ({detail}); move it away to start again") from None
     if early is not None and checkpoint.get("early_stopping") is not None:
-        best_path = path / "checkpoints" / "best.pt"
-        best = ({k: v.to(built.device) for k, v in load_checkpoint(best_path)["model"].items()}
-                if best_path.exists() else None)
+        best = None
+        if best_path.exists():
+            weights = copy.deepcopy(built.model)
+            load_weights(weights, load_checkpoint(best_path), best_path)
+            best = {k: v.to(built.device) for k, v in weights.state_dict().items()}
         early.load_state_dict(checkpoint["early_stopping"], best)
-    return LoopState.from_checkpoint(checkpoint["loop"])
+    return loop
 
 
 def _callbacks(spec: Experiment, family: Family, context: RunContext, early: EarlyStopping | None,

@@ -18,6 +18,7 @@ Example
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,13 @@ from babysit.rundir import atomic_write
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (temp file in the same folder + fsync + rename)."""
-    with atomic_write(path, "wb", durable=True) as handle:
-        torch.save(state, handle)
+    try:
+        with atomic_write(path, "wb", durable=True) as handle:
+            torch.save(state, handle)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise BabysitError(f"disk full: the last good checkpoint is kept ({path})") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -39,9 +45,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.exists():
         raise BabysitError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
         raise BabysitError(f"{path}: not a readable babysit checkpoint ({exc.__class__.__name__})") from None
+    if not isinstance(checkpoint, dict):
+        raise BabysitError(f"{path}: holds a {type(checkpoint).__name__}, not a babysit checkpoint")
+    return checkpoint
+
+
+def load_weights(model: torch.nn.Module, checkpoint: dict[str, Any], where: str | Path) -> None:
+    """Put ``checkpoint["model"]`` into ``model``; a checkpoint without weights, or with the
+    weights of another network (``where`` names its file), is a BabysitError."""
+    state = checkpoint.get("model")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BabysitError(f"{where}: holds no model weights")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # torch lists every missing key and size mismatch: the first says enough
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else "another network"
+        raise BabysitError(f"{where}: does not fit the network config.yaml builds ({detail[:150]})") from None
 
 
 def rng_state() -> dict[str, Any]:

@@ -55,7 +55,7 @@ from babysit.config import Experiment, ScheduleSpec
 from babysit.data import Split, Splits
 from babysit.errors import BabysitError
 from babysit.optim import losses
-from babysit.train.checkpoint import load_checkpoint, save_checkpoint
+from babysit.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from babysit.train.loop import Callback, Trainer
 
 SOFTMAX_LOSSES = ("cross_entropy", "nll")
@@ -323,7 +323,7 @@ def evaluate_snapshots(folder: str | Path, model: nn.Module, loss_name: str, spl
     for path in files:
         checkpoint = load_checkpoint(path, map_location=device)
         member = copy.deepcopy(model)
-        member.load_state_dict(checkpoint["model"])
+        load_weights(member, checkpoint, path)
         models.append(member)
         info.append({k: checkpoint[k] for k in ("cycle", "epoch", "step")})
     result: dict[str, Any] = {"snapshots": len(files), "cycles": [i["cycle"] for i in info],

@@ -114,7 +114,7 @@ from babysit.tune.storage import (
     open_study,
 )
 
-FAILURES_IN_A_ROW = 3  # a search stops when this many trials in a row fail on a user error
+FAILURES_IN_A_ROW = 3  # a search stops when this many trials in a row fail (a user error, or a TrialFailed)
 _SURPLUS = "surplus"  # user attribute of a trial created after the study had its number of trials
 _DataCache = DataCache  # its name before the split (tests use it)
 
@@ -150,6 +150,50 @@ def best_spec(base: Experiment, params: dict[str, Any]) -> Experiment:
 class SurplusTrial(Exception):
     """A trial created after the study already had its number of trials (another process
     started the last one a moment earlier): it is marked failed and never trained."""
+
+
+class TrialFailed(Exception):
+    """A trial's training raised an exception that is not babysit's own (a library's
+    RuntimeError on values nobody foresaw): the trial is marked failed with its reason, and
+    the search goes on (see :func:`_failing_trial`)."""
+
+
+FAIL_REASON_CHARS = 200  # a failed trial's reason: the exception's class and the first line of its message, cut here
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for a failed trial: ``RuntimeError: the first line of its message``.
+
+    Example
+    -------
+    >>> failure_reason(ValueError("Expected more than 1 value per channel\\nwhen training"))
+    'ValueError: Expected more than 1 value per channel'
+    """
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    if len(first) > FAIL_REASON_CHARS:
+        first = first[:FAIL_REASON_CHARS - 3] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _failing_trial(trial: optuna.Trial) -> Iterator[None]:
+    """Where the drawn values meet the data and the network, what goes wrong fails this trial
+    with its reason in one line (the trial's ``fail_reason``): babysit's refusals as they are,
+    any other exception as :func:`failure_reason` (raised as :class:`TrialFailed`, which
+    :func:`run_stage` has Optuna catch). MemoryError, Ctrl-C and exits are not a trial's
+    failure: they stop the search."""
+    try:
+        yield
+    except BabysitError as exc:
+        trial.set_user_attr("fail_reason", str(exc))
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (one trial's values broke something: the others may not)
+        reason = failure_reason(exc)
+        trial.set_user_attr("fail_reason", reason)
+        raise TrialFailed(reason) from exc
 
 
 @dataclass
@@ -198,25 +242,19 @@ def _objective(stage: Stage, base: Experiment, data: DataCache, out: Path, strea
             raise SurplusTrial(f"the study already had {stage.trials} trials")
         started = time.perf_counter()
         params = {key: suggest(trial, key, distribution) for key, distribution in stage.space.items()}
-        spec = trial_spec(base, params, f"{base.run_name}-{stage.name}-{trial.number}")
         folder = stage.folder / str(trial.number)
         trial.set_user_attr("run_dir", os.path.relpath(folder, out))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process trained it
-        try:
+        with _failing_trial(trial):
+            spec = trial_spec(base, params, f"{base.run_name}-{stage.name}-{trial.number}")
             folds = data.splits(spec)
-        except BabysitError as exc:
-            trial.set_user_attr("fail_reason", str(exc))
-            raise
         reached: dict[str, list[float]] = {"val_loss": [], "val_acc": []}
         epochs = 0
         for k, splits in enumerate(folds):
             reporter = TrialReporter(trial, splits.val, step_offset=k * (spec.train.epochs + 1))
             run_dir = folder if len(folds) == 1 else folder / f"fold-{k}"
-            try:
+            with _failing_trial(trial):  # e.g. drawn values the network builder refuses: this trial fails
                 result = run(spec, run_dir, quiet=True, extra_callbacks=[reporter], splits=splits, report=False)
-            except BabysitError as exc:  # e.g. drawn values the network builder refuses: this trial fails
-                trial.set_user_attr("fail_reason", str(exc))
-                raise
             epochs += result.summary["epochs"]
             for metric, value in reporter.best.items():
                 if math.isfinite(value):
@@ -253,7 +291,7 @@ def run_stage(stage: Stage, base: Experiment, data: DataCache, out: Path, stream
     failures = 0
     while _count_toward_total(stage.study) < stage.trials:
         study_size = len(stage.study.get_trials(deepcopy=False))
-        stage.study.optimize(objective, n_trials=1, catch=(BabysitError, SurplusTrial))
+        stage.study.optimize(objective, n_trials=1, catch=(BabysitError, TrialFailed, SurplusTrial))
         mine = [t for t in stage.study.get_trials(deepcopy=False) if t.number >= study_size]
         failed = [t for t in mine if t.state == TrialState.FAIL and not t.user_attrs.get(_SURPLUS)]
         if failed:
@@ -323,6 +361,11 @@ def search(
     out = Path(out)
     name = study or spec.run_name
     space = parse_space(spec.search)
+    for folder in (out, *out.parents):  # a file in the way of --out: one line, nothing written
+        if folder.exists():
+            if not folder.is_dir():
+                raise BabysitError(f"--out {out}: {folder} is a file, not a folder; choose another --out")
+            break
     store, storage_name = open_storage(storage, out)  # a storage that cannot be opened leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
     data = DataCache(folds)
@@ -593,8 +636,9 @@ def search_lines(result: SearchResult) -> list[str]:
 
 __all__ = [
     # this module: the search, its trials and its outputs
-    "FAILURES_IN_A_ROW", "SearchResult", "Stage", "SurplusTrial", "best_spec", "run_stage", "score_metric_of",
-    "search", "search_figure", "search_lines", "search_table", "trial_spec", "write_search",
+    "FAIL_REASON_CHARS", "FAILURES_IN_A_ROW", "SearchResult", "Stage", "SurplusTrial", "TrialFailed", "best_spec",
+    "failure_reason", "run_stage", "score_metric_of", "search", "search_figure", "search_lines", "search_table",
+    "trial_spec", "write_search",
     # babysit.tune.space
     "REFINE_LINEAR_MARGIN", "REFINE_LOG_MARGIN", "REFINE_TOP_FRACTION", "SAMPLERS", "TrialSeededRandomSampler",
     "decode_params", "describe", "encode_choice", "grid_space", "grid_values", "make_sampler",

@@ -394,7 +394,7 @@ class Monitor:
 
 def monitor_line(record: dict[str, Any]) -> str:
     """A monitor record as one line of ``monitors.jsonl``; NaN / inf (rare: a diverging run)
-    become null (:func:`babysit.rundir.json_line`'s policy).
+    become null plus the ``nonfinite`` flag (:func:`babysit.rundir.json_line`'s policy).
 
     The common case, every number finite, is one ``json.dumps``: the same bytes as
     :func:`~babysit.rundir.json_line` writes, without walking the record first.
@@ -402,7 +402,7 @@ def monitor_line(record: dict[str, Any]) -> str:
     Example
     -------
     >>> monitor_line({"step": 1, "loss": float("nan"), "layers": {"fc": {"grad_norm": 0.5}}})
-    '{"step": 1, "loss": null, "layers": {"fc": {"grad_norm": 0.5}}}\\n'
+    '{"step": 1, "loss": null, "layers": {"fc": {"grad_norm": 0.5}}, "nonfinite": {"loss": "nan"}}\\n'
     """
     line = json.dumps(record)
     if "NaN" in line or "Infinity" in line:
