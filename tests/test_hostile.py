@@ -196,3 +196,210 @@ def test_damaged_run_files_do_not_break_resume_or_the_report(tmp_path, capsys):
 def test_specs_that_would_crash_or_exhaust_memory_are_refused(override, says, capsys):
     line = refused(["check", "data.source=spirals", *override.split()], capsys)
     assert says in line
+
+
+# --------------------------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize(("args", "verb"), [
+    (["train", "--bogus"], "train"), (["lr-find", "--steps", "abc"], "lr-find"), (["nope"], ""),
+    (["train", "--out"], "train"), (["sample"], "sample"), (["study", "activations", "--quick=3"], "study"),
+])
+def test_a_usage_error_is_one_line_that_points_at_the_help(args, verb, capsys):
+    line = refused(args, capsys)
+    assert line.startswith("error: ")
+    assert line.endswith(f"see babysit {verb + ' ' if verb else ''}--help")
+
+
+def test_warnings_wait_until_the_command_succeeds(monkeypatch, tmp_path, capsys):
+    import warnings
+
+    from babysit import config
+
+    real_load = config.load
+
+    def load_with_a_warning(*args, **kwargs):
+        warnings.warn("overflow encountered in cast", RuntimeWarning, stacklevel=1)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(config, "load", load_with_a_warning)
+    # a failure: the error line alone
+    assert refused(["check", *FAST, "optimizer.lr=-1"], capsys).startswith("error: optimizer.lr")
+    # a success: the warning, once, after the output
+    code, out, err = run_cli(["check", *FAST], capsys)
+    assert code == 0, err
+    assert err.strip().splitlines() == ["warning: RuntimeWarning: overflow encountered in cast"]
+
+
+# --------------------------------------------------------------------------- folders that cannot be written
+
+
+@pytest.fixture
+def read_only(tmp_path, monkeypatch):
+    """A folder nobody may write into, holding the user's file. Root writes anywhere, so for
+    root the calls that create files and folders refuse inside it, as the kernel would."""
+    import builtins
+    import errno
+    import io
+    from pathlib import Path
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("the user's")
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        def inside(path):
+            if isinstance(path, int):
+                return False
+            return Path(os.fsdecode(path)).absolute().is_relative_to(folder)
+
+        def denied(path):
+            return PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+
+        real_os_open, real_mkdir, real_open = os.open, os.mkdir, io.open
+
+        def os_open(path, flags, *args, **kwargs):
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and inside(path):
+                raise denied(path)
+            return real_os_open(path, flags, *args, **kwargs)
+
+        def mkdir(path, *args, **kwargs):
+            if inside(path):
+                raise denied(path)
+            return real_mkdir(path, *args, **kwargs)
+
+        def open_(file, mode="r", *args, **kwargs):
+            if any(c in mode for c in "wax+") and isinstance(file, str | bytes | os.PathLike) and inside(file):
+                raise denied(file)
+            return real_open(file, mode, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", os_open)
+        monkeypatch.setattr(os, "mkdir", mkdir)
+        monkeypatch.setattr(io, "open", open_)
+        monkeypatch.setattr(builtins, "open", open_)
+    yield folder
+    monkeypatch.undo()
+    folder.chmod(0o755)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    from babysit import config
+    from babysit.run import run
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    run(config.load(None, FAST), out, quiet=True)
+    return out
+
+
+@pytest.mark.parametrize("verb", ["train", "report", "compare", "lr-find", "batch-find", "study"])
+def test_out_in_a_folder_that_cannot_be_written_is_one_line(verb, read_only, small_run, capsys):
+    target = read_only / "out"
+    args = {
+        "train": ["train", *FAST, "--out", str(target)],
+        "report": ["report", str(small_run), "--out", str(target / "report.html")],
+        "compare": ["compare", str(small_run), str(small_run), "--out", str(target / "compare.html")],
+        "lr-find": ["lr-find", *FAST, "--steps", "20", "--out", str(target)],
+        "batch-find": ["batch-find", *FAST, "--max", "64", "--out", str(target)],
+        "study": ["study", "init", "--quick", "--quiet", "--out", str(target)],
+    }[verb]
+    line = refused(args, capsys, within_s=30)
+    assert str(read_only) in line and ("permission denied" in line or "read-only" in line), line
+    assert sorted(p.name for p in read_only.iterdir()) == ["mine.txt"]
+
+
+# --------------------------------------------------------------------------- checkpoints and vocabularies
+
+
+def _foreign_checkpoint(kind, run, tmp_path):
+    import torch
+
+    from babysit import config
+    from babysit.run import run as train
+
+    if kind == "another network":
+        other = tmp_path / "other"
+        train(config.load(None, [*FAST, "train.epochs=1", "model.hidden=[7]"]), other, quiet=True)
+        return (other / "checkpoints" / "last.pt").read_bytes()
+    last = run / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    torch.save({"loop": state["loop"]} if kind == "no model" else
+               {**state, "optimizer": {"state": {}}} if kind == "no optimizer groups" else torch.ones(3), last)
+    return last.read_bytes()
+
+
+@pytest.mark.parametrize(("kind", "says"), [
+    ("another network", "does not fit the network config.yaml builds ("),
+    ("no model", "holds no model weights"),
+    ("a bare tensor", "holds a Tensor, not a babysit checkpoint"),
+    ("no optimizer groups", "not a checkpoint of this run"),
+])
+def test_resume_from_a_foreign_or_damaged_last_pt_is_one_line(kind, says, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, _, err = run_cli(["train", *FAST, "-q", "--out", str(run)], capsys)
+    assert code == 0, err
+    planted = _foreign_checkpoint(kind, run, tmp_path)
+    (run / "checkpoints" / "last.pt").write_bytes(planted)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    line = refused(["train", "--out", str(run), "--resume", "train.epochs=3"], capsys)
+    assert f"{run / 'checkpoints' / 'last.pt'}: {says}" in line, line
+    assert (run / "checkpoints" / "last.pt").read_bytes() == planted
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_full_disk_keeps_the_last_good_checkpoint_and_the_run_resumes(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import torch
+
+    from babysit.train import checkpoint
+
+    run, real_save, saves = tmp_path / "run", torch.save, []
+
+    def save_until_the_disk_fills(state, handle):
+        if "loop" in state:  # last.pt (best.pt holds weights only)
+            saves.append(state["loop"]["step"])
+        if len(saves) > 1:  # the step-0 checkpoint is written, the final one finds the disk full
+            handle.write(b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(state, handle)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_the_disk_fills)
+    line = refused(["train", *FAST, "train.epochs=4", "--out", str(run)], capsys, within_s=60)
+    assert line == f"error: disk full: the last good checkpoint is kept ({run / 'checkpoints' / 'last.pt'})"
+    monkeypatch.undo()
+    kept = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert kept["loop"]["step"] == saves[0] == 0 < saves[-1]  # the step-0 checkpoint, whole
+    assert not list((run / "checkpoints").glob("*.tmp"))
+    code, _, err = run_cli(["train", "--out", str(run), "--resume", "-q"], capsys)
+    assert code == 0, err
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 4
+
+
+@pytest.fixture(scope="module")
+def language_run(tmp_path_factory):
+    from babysit import config
+    from babysit.run import run
+
+    folder = tmp_path_factory.mktemp("text")
+    (folder / "t.txt").write_text("the cat sat on the mat. " * 60)
+    out = folder / "run"
+    run(config.load(None, ["data.source=text", f"data.path={folder / 't.txt'}", "model.kind=gpt", "data.context=8",
+                           "model.layers=1", "model.embed=16", "model.heads=2", "train.epochs=1",
+                           "checks.preflight=false"]), out, quiet=True)
+    return out
+
+
+@pytest.mark.parametrize(("vocab", "says"), [
+    ("{not json", "vocab.json: damaged"), ('{"a": 1}', "vocab.json: damaged"), ('["ab", "c"]', "vocab.json: damaged"),
+    ('["a", "b", "c"]', "vocab.json (3 characters) does not fit"),
+])
+def test_sample_with_a_damaged_or_foreign_vocabulary_is_one_line(vocab, says, language_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(language_run, run)
+    (run / "vocab.json").write_text(vocab)
+    assert says in refused(["sample", str(run), "--tokens", "5"], capsys)
+    code, out, err = run_cli(["sample", str(language_run), "--prompt", "the ", "--tokens", "5"], capsys)
+    assert code == 0 and out.startswith("the "), err

@@ -583,7 +583,7 @@ def main() -> None:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("default")
-            code = app(standalone_mode=False)  # errors come here rather than as click's boxes
+            code = app(prog_name="babysit", standalone_mode=False)  # errors come here, not as click's boxes
         for line in dict.fromkeys(f"warning: {w.category.__name__}: {str(w.message).strip()[:200]}"
                                   for w in caught):
             typer.echo(line, err=True)

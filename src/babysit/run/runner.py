@@ -214,21 +214,21 @@ def _run_in(path: Path, resume: bool, spec: Experiment, built: Assembled, group:
     context = RunContext(spec=spec, path=path, splits=splits, model=model, loss_fn=loss_fn,
                          steps_per_epoch=len(batches), resume=resume)
 
-    if main:
-        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
-        write_text(path / "config.yaml", config_module.to_yaml(spec))  # atomic: a kill leaves the old or the new
-    preflight_found: list[Finding] | None = None  # None: kept from the first segment of a resumed run
-    if not resume:
-        preflight_found = _preflight(family, context, None if quiet else progress_stream or sys.stdout) if main else []
     early = (EarlyStopping(spec.train.early_stopping.monitor, spec.train.early_stopping.patience,
                            spec.train.early_stopping.min_delta) if family.early_stopping else None)
     state, checkpoint = LoopState(), None
-    if resume:
+    if resume:  # first: a checkpoint that does not fit is refused before anything is written
         # from rank 0: the other machines need no shared file system
         checkpoint = group.broadcast_checkpoint(_last_checkpoint(path) if main else None)
         state = _restore(checkpoint, built, early if main else None, path)
-        if main:
+    if main:
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        write_text(path / "config.yaml", config_module.to_yaml(spec))  # atomic: a kill leaves the old or the new
+        if resume:
             truncate_jsonl(path / "metrics.jsonl", state.step)
+    preflight_found: list[Finding] | None = None  # None: kept from the first segment of a resumed run
+    if not resume:
+        preflight_found = _preflight(family, context, None if quiet else progress_stream or sys.stdout) if main else []
 
     callbacks, monitors = _callbacks(spec, family, context, early, generator, state.step,
                                      extra_callbacks or [], None if quiet else progress_stream or sys.stdout, main)
