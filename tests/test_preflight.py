@@ -31,7 +31,9 @@ DESIGN_IDS = [
     "inputs_not_normalized", "symmetric_init", "batch_mixing",
     "loss_exploded", "nonfinite_loss", "dead_relu", "saturated_activations",
     "activation_collapse", "vanishing_gradients", "exploding_gradients", "update_ratio_high",
-    "update_ratio_low", "overfitting", "underfitting", "lr_too_high", "lr_too_low", "not_converged",
+    "update_ratio_low",
+    "gradients_accumulate", "loss_at_chance",  # a user's own loop (babysit.watch)
+    "overfitting", "underfitting", "lr_too_high", "lr_too_low", "not_converged",
     "discriminator_wins", "mode_collapse",  # GAN rules (babysit.families.gan)
 ]  # fmt: skip
 

@@ -17,7 +17,7 @@ Example
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ FINDINGS: dict[str, str] = {
     "exploding_gradients": "Exploding gradients",
     "update_ratio_high": "Update/weight ratio too high",
     "update_ratio_low": "Update/weight ratio too low",
+    "gradients_accumulate": "Gradients accumulate across steps",
+    "loss_at_chance": "Loss stuck at chance",
     # after training (diagnosis)
     "overfitting": "Overfitting",
     "underfitting": "Underfitting",
@@ -98,6 +100,54 @@ class Finding:
 def sort_findings(findings: list[Finding]) -> list[Finding]:
     """Most severe first (error, warning, info); the order within a severity is kept."""
     return sorted(findings, key=lambda f: -_RANK[f.severity])
+
+
+# Findings that would give opposite advice, or that are symptoms of another. A layer whose
+# weights do not move because its units are dead, or a run that diverged, is not helped by a
+# larger learning rate; gradients that fade through dead units are not a depth problem. The
+# cause keeps its finding and advice; each consequence becomes info that names the cause.
+# cause -> the findings it explains (the first cause present wins)
+_EXPLAINS: dict[str, tuple[str, ...]] = {
+    "dead_relu": ("update_ratio_low", "lr_too_low", "vanishing_gradients", "activation_collapse"),
+    "gradients_accumulate": ("update_ratio_low", "lr_too_low", "exploding_gradients", "update_ratio_high"),
+    "nonfinite_loss": ("update_ratio_low", "lr_too_low"),
+    "loss_exploded": ("update_ratio_low", "lr_too_low"),
+    "lr_too_high": ("update_ratio_low", "lr_too_low"),
+    "update_ratio_high": ("update_ratio_low", "lr_too_low"),
+}
+_RAISE_THE_LR = ("update_ratio_low", "lr_too_low")
+
+
+def reconcile(findings: list[Finding]) -> list[Finding]:
+    """The findings with the contradictions resolved: a finding that another explains (advice
+    to raise the learning rate next to dead units, accumulating gradients, a diverged run or
+    steps already too large; vanishing gradients behind dead units) becomes info that names
+    its cause, and its evidence gets ``explained_by``. Order and the rest are unchanged.
+
+    Example
+    -------
+    >>> dead = Finding("dead_relu", "warning", "90% dead", "Lower the lr, re-initialise", {})
+    >>> low = Finding("update_ratio_low", "warning", "weights do not move", "Raise the learning rate", {})
+    >>> [(f.id, f.severity, f.advice[:24]) for f in reconcile([dead, low])]
+    [('dead_relu', 'warning', 'Lower the lr, re-initial'), ('update_ratio_low', 'info', 'Fix dead_relu first (see')]
+    """
+    loud = {f.id for f in findings if f.severity != "info"}
+    explained: dict[str, str] = {}
+    for cause, consequences in _EXPLAINS.items():
+        if cause in loud and cause not in explained:
+            for fid in consequences:
+                explained.setdefault(fid, cause)
+    out = []
+    for f in findings:
+        cause = explained.get(f.id)
+        if cause is not None and f.severity != "info":
+            lr = "; do not raise the learning rate" if f.id in _RAISE_THE_LR else ""
+            f = replace(f, severity="info",
+                        message=f"{f.message} This follows from {cause} ({FINDINGS[cause].lower()}).",
+                        advice=f"Fix {cause} first (see its advice){lr}.",
+                        evidence={**f.evidence, "explained_by": cause})
+        out.append(f)
+    return out
 
 
 def write_findings(path: str | Path, findings: list[Finding]) -> None:
@@ -192,4 +242,4 @@ def _first_sentence(text: str) -> str:
 
 
 __all__ = ["FINDINGS", "PREFLIGHT_IDS", "SEVERITIES", "Finding", "finding_lines", "findings_markdown",
-           "findings_table", "sort_findings", "write_findings"]
+           "findings_table", "reconcile", "sort_findings", "write_findings"]

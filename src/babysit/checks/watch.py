@@ -27,29 +27,38 @@ Example
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from babysit.checks.findings import Finding, sort_findings
+from babysit.checks.findings import Finding, reconcile, sort_findings
 from babysit.checks.monitors import Monitor, monitor_line
 from babysit.config import EXPLOSION_FACTOR
+
+# A classifier with sound init starts near ln C (CS231n); a first loss in this band of ln C
+# says the model's last Linear is the head of a C-class cross-entropy classifier.
+CHANCE_GUESS = (0.75, 1.5)
 
 
 class Watch:
     """A running set of monitors on ``model`` and ``optimizer``; see :func:`watch`."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 10,
-                 explosion_factor: float = EXPLOSION_FACTOR, path: str | Path | None = None):
+                 explosion_factor: float = EXPLOSION_FACTOR, path: str | Path | None = None,
+                 chance_loss: float | None = None):
         self.path = Path(path) if path is not None else None
         self._handle = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._handle = self.path.open("a", encoding="utf-8")
         self.monitor = Monitor(model, optimizer, every=every, explosion_factor=explosion_factor,
-                               sink=self._write if self._handle is not None else None)
+                               sink=self._write if self._handle is not None else None, check_cleared=True)
+        self.chance_loss = chance_loss
+        heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        self._classes = heads[-1].out_features if heads else 0  # the last Linear: the head, in most nets
 
     def _write(self, record: dict[str, Any]) -> None:
         assert self._handle is not None
@@ -77,8 +86,21 @@ class Watch:
 
     def findings(self) -> list[Finding]:
         """What the monitors found (dead units, saturation, collapse, vanishing or exploding
-        gradients, update/weight ratios, an exploded loss), most severe first."""
-        return sort_findings(self.monitor.findings())
+        gradients, update/weight ratios, an exploded loss, gradients never cleared, a loss
+        stuck at chance), reconciled (no advice to raise the learning rate next to dead units)
+        and most severe first."""
+        self.monitor.chance_loss = self.chance_loss if self.chance_loss is not None else self._guess_chance_loss()
+        return sort_findings(reconcile(self.monitor.findings()))
+
+    def _guess_chance_loss(self) -> float | None:
+        """ln C when the model ends in a Linear of C >= 2 outputs and the first loss is near
+        ln C (a classifier trained with cross-entropy, as it starts); else None."""
+        records = self.monitor.records
+        first = records[0].get("loss") if records else None
+        if self._classes < 2 or not isinstance(first, float) or not math.isfinite(first):
+            return None
+        chance = math.log(self._classes)
+        return chance if CHANCE_GUESS[0] * chance <= first <= CHANCE_GUESS[1] * chance else None
 
     def close(self) -> None:
         """Remove the hooks (the model and optimizer are left as they were) and close the file."""
@@ -95,7 +117,8 @@ class Watch:
 
 
 def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 10,
-          explosion_factor: float = EXPLOSION_FACTOR, path: str | Path | None = None) -> Watch:
+          explosion_factor: float = EXPLOSION_FACTOR, path: str | Path | None = None,
+          chance_loss: float | None = None) -> Watch:
     """Watch a training loop of your own: a context manager whose ``.step(loss)`` records
     the monitors and whose ``.findings()`` diagnoses.
 
@@ -105,6 +128,9 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 10
     every : sample per-layer statistics every N optimizer steps (the first step always).
     explosion_factor : ``.step`` returns False once the loss exceeds this multiple of the first.
     path : also append each sample to this JSON-lines file (``monitors.jsonl``).
+    chance_loss : the loss of a guess that ignores the inputs (``loss_at_chance`` compares
+        the training loss with it); default: ln C for a model ending in a Linear of C outputs
+        whose first loss is near ln C, else the check is off.
 
     Example
     -------
@@ -119,7 +145,7 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 10
     >>> len(w.records)
     4
     """
-    return Watch(model, optimizer, every=every, explosion_factor=explosion_factor, path=path)
+    return Watch(model, optimizer, every=every, explosion_factor=explosion_factor, path=path, chance_loss=chance_loss)
 
 
 __all__ = ["Watch", "watch"]

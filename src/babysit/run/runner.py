@@ -41,6 +41,7 @@ from babysit.checks.findings import (
     Finding,
     finding_lines,
     findings_markdown,
+    reconcile,
     sort_findings,
     write_findings,
 )
@@ -375,7 +376,8 @@ def _run_findings(family: Family, context: RunContext, preflight_found: list[Fin
     path = context.path
     if preflight_found is None:  # resumed: the preflight ran in the first segment
         preflight_found = [Finding(**f) for f in read_json_list(path / "findings.json") if f.get("id") in PREFLIGHT_IDS]
-    found = sort_findings([*preflight_found, *([guard] if guard is not None else []), *family.findings(context)])
+    found = sort_findings(reconcile([*preflight_found, *([guard] if guard is not None else []),
+                                     *family.findings(context)]))
     write_findings(path / "findings.json", found)
     with SummaryWriter(log_dir=str(path / "tb")) as writer:  # the findings in TensorBoard's Text tab
         writer.add_text("findings", findings_markdown(found), global_step=step)

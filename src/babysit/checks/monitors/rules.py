@@ -3,7 +3,8 @@
 
 :func:`monitor_findings` gives at most one finding per id (``dead_relu``,
 ``saturated_activations``, ``activation_collapse``, ``vanishing_gradients``,
-``exploding_gradients``, ``update_ratio_high``, ``update_ratio_low``);
+``exploding_gradients``, ``update_ratio_high``, ``update_ratio_low``,
+``gradients_accumulate``, ``loss_at_chance``);
 :func:`monitor_summary` the per-layer medians the diagnosis and the report read. Each
 threshold below is a rule of thumb with its source.
 
@@ -54,6 +55,21 @@ EXPLODING_RATIO = 1e3
 # ongoing; one seen only at the start (the first sample, at initialisation) is reported
 # as info, since training got past it.
 PERSIST_FRACTION = 0.5
+# A user's loop that forgets optimizer.zero_grad() adds every step's gradient to the last:
+# before the backward pass .grad still holds the sum of the earlier ones (after zero_grad it
+# is 0 or None). Flag it when, at most samples after the first, what .grad held before the
+# backward is at least a tenth of the new gradient (forgotten: it grows like the number of
+# steps, 10-1000x the new one; cleared: exactly 0). Checked only in babysit.watch.
+UNCLEARED_RATIO = 0.1
+# CS231n ("look for correct loss at chance performance", and loss curves that stay flat):
+# a training loss still within 10% of the chance loss (ln C for C balanced classes) after
+# AT_CHANCE_MIN_SAMPLES samples (every=10: 100 steps) has learned nothing: labels that do
+# not go with the inputs (shuffled separately), a dead network, or a learning rate of ~0.
+# Measured on digits (tests/test_user_loop.py, seeds 0-4, 6 epochs): shuffled labels end at
+# 0.967-0.988 ln C (mean 0.976, sd 0.009: the bar 0.90 is 8 sd below); the clean script at
+# about 0.1 ln C.
+AT_CHANCE_TOLERANCE = 0.10
+AT_CHANCE_MIN_SAMPLES = 10
 
 # --------------------------------------------------------------------------- the rules
 
@@ -130,14 +146,19 @@ def _after_first_step(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return records[1:] if len(records) > 2 else records
 
 
-def monitor_findings(records: list[dict[str, Any]]) -> list[Finding]:
+def monitor_findings(records: list[dict[str, Any]], *, chance_loss: float | None = None) -> list[Finding]:
     """The while-training findings of a list of monitor records (``monitors.jsonl``).
 
     ``dead_relu``, ``saturated_activations``, ``activation_collapse``,
-    ``vanishing_gradients``, ``exploding_gradients``, ``update_ratio_high`` and
-    ``update_ratio_low``: at most one finding per id, naming the worst layer, with every
+    ``vanishing_gradients``, ``exploding_gradients``, ``update_ratio_high``,
+    ``update_ratio_low``, ``gradients_accumulate`` and, given the ``chance_loss``,
+    ``loss_at_chance``: at most one finding per id, naming the worst layer, with every
     affected layer in its evidence. A pattern that lasts to the end of the run is a
     warning; one that was there at initialisation and went away is info.
+
+    Dead and saturated units are read from the nonlinearity modules when the network has
+    them, else from the inputs of the weight layers after the first (a forward that calls
+    ``F.relu`` or ``torch.tanh`` has no module to watch).
 
     Example
     -------
@@ -150,22 +171,81 @@ def monitor_findings(records: list[dict[str, Any]]) -> list[Finding]:
     if not records:
         return []
     found: list[Finding] = []
+    dead_key = "dead_fraction" if _layer_names(records, "dead_fraction") else "input_dead_fraction"
     found += _activation_rule(
-        records, "dead_fraction", DEAD_FRACTION, "dead_relu",
-        lambda name, v: f"{v:.0%} of the units of {name} output zero for every example of a batch: they are "
-                        "dead, get no gradient and will not learn again.",
-        "Lower the learning rate, check bias_init (a negative bias kills ReLUs from the start), use He "
-        "(kaiming) init, or switch to leaky_relu / elu, which keep a gradient below zero.")
+        records, dead_key, DEAD_FRACTION, "dead_relu",
+        (lambda name, v: f"{v:.0%} of the units of {name} output zero for every example of a batch: they are "
+                         "dead, get no gradient and will not learn again.") if dead_key == "dead_fraction" else
+        (lambda name, v: f"{v:.0%} of the inputs of {name} are zero for every example of a batch: the units "
+                         "that feed it are dead, get no gradient and will not learn again."),
+        "Lower the learning rate (3-10x) and re-initialise the network (dead units do not come back); check "
+        "bias_init (a negative bias kills ReLUs from the start), use He (kaiming) init, or switch to "
+        "leaky_relu / elu, which keep a gradient below zero.")
+    saturated_key = ("saturated_fraction" if _layer_names(records, "saturated_fraction")
+                     else "input_saturated_fraction")
     found += _activation_rule(
-        records, "saturated_fraction", SATURATED_FRACTION, "saturated_activations",
-        lambda name, v: f"{v:.0%} of the outputs of {name} are saturated (|tanh| > 0.99 or sigmoid outside "
-                        "(0.01, 0.99)), where the local gradient is almost zero: those units barely learn.",
+        records, saturated_key, SATURATED_FRACTION, "saturated_activations",
+        lambda name, v: f"{v:.0%} of the {'outputs' if saturated_key == 'saturated_fraction' else 'inputs'} of "
+                        f"{name} are saturated (|tanh| > 0.99 or sigmoid outside (0.01, 0.99)), where the local "
+                        "gradient is almost zero: those units barely learn.",
         "Scale the init down (xavier for tanh/sigmoid instead of a large init_std), normalise the inputs, "
         "add batch normalisation, or use relu-family units.")
     found += _collapse_rule(records)
     found += _gradient_depth_rules(records)
     found += _update_ratio_rules(records)
+    found += _uncleared_rule(records)
+    if chance_loss is not None:
+        found += _at_chance_rule(records, chance_loss)
     return found
+
+
+def _uncleared_rule(records: list[dict[str, Any]]) -> list[Finding]:
+    """``gradients_accumulate``: ``.grad`` was not cleared before the backward pass."""
+    recs = [r for r in records[1:] if isinstance(r.get("uncleared_grad_ratio"), int | float)]
+    ratios = [float(r["uncleared_grad_ratio"]) for r in recs]
+    flags = [not math.isfinite(v) or v >= UNCLEARED_RATIO for v in ratios]
+    if len(recs) < 2 or sum(flags) < PERSIST_FRACTION * len(flags):
+        return []
+    norms = [sum(v.get("grad_norm", 0.0) ** 2 for v in r["layers"].values()
+                 if isinstance(v.get("grad_norm"), int | float) and math.isfinite(v["grad_norm"])) ** 0.5
+             for r in recs]
+    losses = [r.get("loss") for r in recs]
+    first = next(i for i, f in enumerate(flags) if f)
+    return [Finding(
+        "gradients_accumulate", "error",
+        f"Before the backward pass the gradients still held {_median(ratios):.3g}x the new gradient (median over "
+        f"{len(recs)} samples; 0 after optimizer.zero_grad()): each step adds to every earlier step's gradient. "
+        f"The gradient norm went from {norms[0]:.3g} to {norms[-1]:.3g} while the loss went from "
+        f"{_fmt_loss(losses[0])} to {_fmt_loss(losses[-1])}.",
+        "Call optimizer.zero_grad() before each loss.backward() (or after each optimizer.step()). To accumulate "
+        "gradients over micro-batches on purpose, zero them after every optimizer.step().",
+        {"uncleared_grad_ratio_median": _median(ratios), "threshold": UNCLEARED_RATIO, "samples": len(recs),
+         "grad_norm_first": norms[0], "grad_norm_last": norms[-1], "loss_first": losses[0], "loss_last": losses[-1]},
+        step=recs[first]["step"])]
+
+
+def _fmt_loss(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else "n/a"
+
+
+def _at_chance_rule(records: list[dict[str, Any]], chance_loss: float) -> list[Finding]:
+    """``loss_at_chance``: the training loss has not left the chance level."""
+    losses = [float(r["loss"]) for r in records if isinstance(r.get("loss"), int | float) and math.isfinite(r["loss"])]
+    if len(losses) < AT_CHANCE_MIN_SAMPLES or not chance_loss > 0:
+        return []
+    recent = _median(losses[-max(1, len(losses) // 3):])
+    if recent < (1 - AT_CHANCE_TOLERANCE) * chance_loss:
+        return []
+    return [Finding(
+        "loss_at_chance", "warning",
+        f"After {records[-1]['step']} steps the training loss is still {recent:.4g} (median of the last third of "
+        f"the samples), within {AT_CHANCE_TOLERANCE:.0%} of the chance loss {chance_loss:.4g} that a guess "
+        f"ignoring the inputs gets: the network has learned nothing from them.",
+        "Check that each label still goes with its input (labels shuffled or sorted separately from the inputs "
+        "is the classic cause), that the loss gets the targets it expects, and that the network is not dead "
+        "(see dead_relu); then overfit a handful of examples to prove the pipeline can learn.",
+        {"recent_loss": recent, "chance_loss": chance_loss, "tolerance": AT_CHANCE_TOLERANCE,
+         "steps": records[-1]["step"], "samples": len(losses)}, step=records[-1]["step"])]
 
 
 def _others(affected: dict[str, float], worst: str, fmt: str) -> str:
@@ -327,6 +407,7 @@ def _update_ratio_rules(records: list[dict[str, Any]]) -> list[Finding]:
     return found
 
 
-__all__ = ["COLLAPSE_RATIO", "DEAD_FRACTION", "EXPLODING_RATIO", "PERSIST_FRACTION", "SATURATED_FRACTION",
+__all__ = ["AT_CHANCE_MIN_SAMPLES", "AT_CHANCE_TOLERANCE", "COLLAPSE_RATIO", "DEAD_FRACTION", "EXPLODING_RATIO",
+           "PERSIST_FRACTION", "SATURATED_FRACTION", "UNCLEARED_RATIO",
            "SATURATION_LEVEL", "UPDATE_RATIO_HIGH", "UPDATE_RATIO_LOW", "VANISHING_RATIO", "monitor_findings",
            "monitor_summary"]

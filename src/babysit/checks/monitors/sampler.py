@@ -65,6 +65,7 @@ from babysit.rundir import json_line
 _RELU_LIKE = (nn.ReLU, nn.ReLU6)
 _TANH_LIKE = (nn.Tanh, nn.Hardtanh, nn.Softsign)
 _SIGMOID_LIKE = (nn.Sigmoid, nn.Hardsigmoid)
+_INPUT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def monitored_layers(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Parameter]]]:
@@ -118,8 +119,12 @@ class Monitor:
     sink : called with each finished record (the runner writes ``monitors.jsonl``).
     start_step : optimizer steps already taken (a resumed run).
     initial_loss : the first loss of the run, when resuming.
-    activations : hook the nonlinearities (off for a ``torch.compile``-d forward, where adding
-        and removing hooks would recompile the graph; the weight statistics remain).
+    activations : hook the nonlinearities and the inputs of the weight layers (off for a
+        ``torch.compile``-d forward, where adding and removing hooks would recompile the graph;
+        the weight statistics remain).
+    check_cleared : at each sampled step, look whether the gradient was cleared before the
+        backward pass (``optimizer.zero_grad()``): a user's loop may forget it; babysit's own
+        loop never does (and a GAN's second network legitimately holds the first's gradient).
 
     The records are in :attr:`records`; :meth:`findings` applies the rules to them.
     """
@@ -127,7 +132,7 @@ class Monitor:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 10,
                  histogram_every: int = 10, bins: int = 30, explosion_factor: float = EXPLOSION_FACTOR,
                  sink: Callable[[dict[str, Any]], None] | None = None, start_step: int = 0,
-                 initial_loss: float | None = None, activations: bool = True):
+                 initial_loss: float | None = None, activations: bool = True, check_cleared: bool = False):
         self.model = model
         self.optimizer = optimizer
         self.every = every
@@ -141,8 +146,16 @@ class Monitor:
         self._raw: list[tuple[Any, ...]] = []  # samples not yet turned into records
         self.guard: Finding | None = None  # set when the explosion guard trips
         self.activations, self.weights = monitored_layers(model)
+        # the inputs of every Linear / Conv layer after the first: a unit that is exactly 0 for
+        # every example of the batch is dead whichever function made it (F.relu in a forward
+        # has no module to hook; its output is the next layer's input)
+        self.inputs = [(name, m) for name, m in model.named_modules() if isinstance(m, _INPUT_LAYERS)][1:]
         if not activations:
-            self.activations = []
+            self.activations, self.inputs = [], []
+        self.check_cleared = check_cleared
+        self.chance_loss: float | None = None  # the loss of a guess that ignores the inputs (loss_at_chance)
+        self._stale: tuple[torch.Tensor, torch.Tensor] | None = None  # (|grad before backward|, |new gradient|)
+        self._input_stats: dict[str, list[torch.Tensor]] = {}
         self._samples = 0
         self._hooks: list[Any] = []
         self._act_stats: dict[str, tuple[torch.Tensor, int, int, str | None]] = {}
@@ -156,6 +169,7 @@ class Monitor:
         self._before: list[torch.Tensor] = []  # the weights before the sampled step (one buffer, reused)
         self._armed = False
         self._hook_fns = {name: self._make_hook(name, module) for name, module in self.activations}
+        self._input_fns = {name: self._make_input_hook(name) for name, _ in self.inputs}
         if self._sampled(self.step + 1):
             self._arm()
 
@@ -170,6 +184,10 @@ class Monitor:
         self._want_hist = self._samples % self.histogram_every == 0
         for name, module in self.activations:
             self._hooks.append(module.register_forward_hook(self._hook_fns[name]))
+        for name, module in self.inputs:
+            self._hooks.append(module.register_forward_pre_hook(self._input_fns[name]))
+        if self.check_cleared and self.weights and self.weights[0][1].requires_grad:
+            self._hooks.append(self.weights[0][1].register_hook(self._cleared_hook))
         if self.weights:
             params = [w.detach() for _, w in self.weights]
             if not self._before:
@@ -228,6 +246,36 @@ class Monitor:
 
         return hook
 
+    def _make_input_hook(self, name: str) -> Callable[..., None]:
+        def hook(mod: nn.Module, inputs: Any) -> None:
+            if name in self._input_stats or not mod.training or not inputs or not isinstance(inputs[0], torch.Tensor):
+                return
+            x = inputs[0].detach()
+            if not x.is_floating_point() or x.dim() < 2:
+                return
+            x = x.float()
+            # one unit per feature (Linear: the last dim) or channel (Conv: dim 1), over every
+            # example and position
+            per_unit = (x.abs().flatten(0, -2).amax(0) if isinstance(mod, nn.Linear)
+                        else x.abs().transpose(0, 1).flatten(1).amax(1))
+            lo, hi = torch.aminmax(x)
+            self._input_stats[name] = [
+                (per_unit == 0).sum(dtype=x.dtype), torch.tensor(float(per_unit.numel()), device=x.device),
+                lo, hi, (x == 0).sum(dtype=x.dtype), (x.abs() > SATURATION_LEVEL).sum(dtype=x.dtype),
+                ((x - 0.5).abs() > SATURATION_LEVEL - 0.5).sum(dtype=x.dtype),
+                torch.tensor(float(x.numel()), device=x.device)]
+
+        return hook
+
+    def _cleared_hook(self, grad: torch.Tensor) -> None:
+        """The first backward pass of a sampled step reaches the first weight: what its
+        ``.grad`` holds before the new gradient is added (zero or None after ``zero_grad``)."""
+        if self._stale is None:
+            weight = self.weights[0][1]
+            old = weight.grad
+            stale = torch.linalg.vector_norm(old.detach()) if old is not None else grad.new_zeros(())
+            self._stale = (stale.float(), torch.linalg.vector_norm(grad.detach()).float())
+
     def _collect(self) -> None:
         """Everything of this sample in one device-to-host transfer."""
         n = len(self.weights) if self._armed else 0
@@ -244,23 +292,35 @@ class Monitor:
             scalars += self._act_stats[name][0]
             back = self._back.get(name)
             scalars.append(back if back is not None else self._no_grad(scalars[-1]).reshape(()))
+        input_names = [name for name, _ in self.inputs if name in self._input_stats]
+        for name in input_names:
+            scalars += self._input_stats[name]
+        stale = self._stale
+        if stale is not None:
+            scalars += list(stale)
         # every number of the sample in one stack, one device-to-host transfer; turning them into
         # a record waits for the next read of .records (in bulk: cheaper than one at a time)
         flat = torch.stack([t.float() for t in scalars]).tolist() if scalars else []
         layout = [(name, *self._act_stats[name][1:]) for name in act_names]
         hists = {name: self._histogram(*self._hists[name]) for name in self._hists}
-        self._raw.append((self.step, n, flat, layout, hists))
+        self._raw.append((self.step, n, flat, (layout, input_names, stale is not None), hists))
         self._samples += 1
         self._act_stats.clear()
+        self._input_stats.clear()
+        self._stale = None
         self._back.clear()
         self._hists.clear()
         self._armed = False
 
-    def _record(self, step: int, n: int, flat: list[float], layout: list[tuple[str, int, int, str | None]],
+    def _record(self, step: int, n: int, flat: list[float],
+                layouts: tuple[list[tuple[str, int, int, str | None]], list[str], bool],
                 hists: dict[str, dict[str, Any]], loss: float) -> dict[str, Any]:
         """One sample's numbers as a record: 3n weight numbers (gradient, weight and update
         norms), then per activation layer: sum, sqrt(sum of squares), [dead or saturated
-        count], backpropagated gradient norm."""
+        count], backpropagated gradient norm; then per watched layer input: dead units,
+        units, min, max, zeros, |x| > 0.99, |x - 0.5| > 0.49, count; then, when the cleared
+        check ran, the norms of the gradient found before the backward pass and of the new one."""
+        layout, input_names, has_stale = layouts
         grad_norms, weight_norms, update_norms = flat[:n], flat[n:2 * n], flat[2 * n:3 * n]
         at = 3 * n
         layers: dict[str, dict[str, Any]] = {}
@@ -281,6 +341,23 @@ class Monitor:
             if name in hists:
                 entry["hist"] = hists[name]
             layers[name] = entry
+        for name in input_names:
+            dead, units, lo, hi, zeros, beyond_tanh, beyond_sigmoid, count = flat[at:at + 8]
+            at += 8
+            entry = layers.setdefault(name, {"type": self._types.get(name, "Parameter")})
+            entry["input_dead_fraction"] = dead / max(units, 1)
+            # what made the input, read from its range: tanh-like values in (-1, 1) with some
+            # below 0; sigmoid-like in [0, 1] with (almost) no exact zeros, which ReLUs make
+            if lo < 0 and -1 <= lo and hi <= 1:
+                entry["input_saturated_fraction"] = beyond_tanh / max(count, 1)
+            elif 0 <= lo and hi <= 1 and zeros <= 0.01 * count:
+                entry["input_saturated_fraction"] = beyond_sigmoid / max(count, 1)
+        record: dict[str, Any] = {"step": step, "layers": layers, "loss": loss}
+        if has_stale:
+            stale, fresh = flat[at:at + 2]
+            # the gradient left in .grad from before this step's backward, against the new one: 0
+            # after zero_grad; about the sum of every earlier step's gradient when it is forgotten
+            record["uncleared_grad_ratio"] = stale / fresh if fresh > 0 else (0.0 if stale == 0 else float("inf"))
         for i, (name, w) in enumerate(self.weights[:n]):
             entry = layers.setdefault(name, {"type": self._types.get(name, "Parameter")})
             if not math.isnan(grad_norms[i]):
@@ -288,7 +365,7 @@ class Monitor:
                 entry["grad_rms"] = grad_norms[i] / math.sqrt(max(w.numel(), 1))
             entry["weight_norm"] = weight_norms[i]
             entry["update_ratio"] = update_norms[i] / weight_norms[i] if weight_norms[i] > 0 else float("inf")
-        return {"step": step, "layers": layers, "loss": loss}
+        return record
 
     def flush(self) -> None:
         """Turn the samples taken since the last call into records (and hand them to the sink)."""
@@ -377,7 +454,7 @@ class Monitor:
     def findings(self) -> list[Finding]:
         """The monitor rules over the records so far, plus the guard's finding if it tripped."""
         found = [self.guard] if self.guard is not None else []
-        return found + monitor_findings(self.records)
+        return found + monitor_findings(self.records, chance_loss=self.chance_loss)
 
     def summary(self) -> dict[str, Any]:
         """Per-layer medians over the run (what the diagnosis and the report read)."""
