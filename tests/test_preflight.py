@@ -34,6 +34,7 @@ DESIGN_IDS = [
     "update_ratio_low",
     "gradients_accumulate", "loss_at_chance",  # a user's own loop (babysit.watch)
     "overfitting", "underfitting", "lr_too_high", "lr_too_low", "not_converged",
+    "heldout_out_of_range", "test_val_gap",  # the held-out splits against training
     "discriminator_wins", "mode_collapse",  # GAN rules (babysit.families.gan)
 ]  # fmt: skip
 

@@ -50,6 +50,9 @@ FINDINGS: dict[str, str] = {
     "lr_too_high": "Learning rate too high",
     "lr_too_low": "Learning rate too low",
     "not_converged": "Not converged",
+    # the held-out splits against the training split (babysit.checks.heldout)
+    "heldout_out_of_range": "Held-out inputs far outside the training range",
+    "test_val_gap": "Test loss far above validation",
     # GAN (babysit.families.gan): the adversarial game itself, read from its curves
     "discriminator_wins": "Discriminator wins outright",
     "mode_collapse": "Mode collapse",

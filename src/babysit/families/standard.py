@@ -21,6 +21,7 @@ from torch import nn
 from babysit import nets
 from babysit.checks.diagnose import diagnose_run
 from babysit.checks.findings import Finding
+from babysit.checks.heldout import heldout_range, test_val_gap
 from babysit.checks.monitors import monitor_findings
 from babysit.checks.preflight import preflight
 from babysit.config import RECURRENT_KINDS, Experiment
@@ -28,7 +29,7 @@ from babysit.data import Split, Splits
 from babysit.errors import BabysitError
 from babysit.families.protocol import RunContext
 from babysit.optim import losses, optimizers, schedules
-from babysit.rundir import read_jsonl
+from babysit.rundir import read_json, read_jsonl
 from babysit.train.loop import Callback, Step, Trainer, evaluate
 
 TOKEN_KINDS = ("gpt", *RECURRENT_KINDS)  # kinds that read token ids (recurrent ones with model.embedding)
@@ -133,6 +134,10 @@ class StandardFamily:
             found += monitor_findings(read_jsonl(run.path / "monitors.jsonl"))
         chance = losses.chance_loss(spec.loss, splits.task, splits.num_classes, splits.train.y)
         found += diagnose_run(run.path, chance_loss=chance, task=splits.task)
+        found += heldout_range(splits.train.x, {"val": splits.val.x if splits.val is not None else None,
+                                                "test": splits.test.x if splits.test is not None else None})
+        summary = read_json(run.path / "summary.json", {})
+        found += test_val_gap(summary if isinstance(summary, dict) else {}, chance)
         if spec.optimizer.name == "newton":
             # Newton sets its own step length and does not use the lr: the first-order rules do not apply
             found = [f for f in found if f.id not in FIRST_ORDER_RULES]

@@ -358,6 +358,7 @@ def summarise(spec: Experiment, family: Family, context: RunContext, trainer: Tr
         "wall_time_s": round(state.elapsed, 3),
         "session_time_s": round(time.perf_counter() - started, 3),
         "parameters": sum(p.numel() for p in context.model.parameters()),
+        "data": _data_summary(context.splits),
         **environment(device),
     })
     summary.update(family.summary_extra(context, summary))
@@ -366,6 +367,13 @@ def summarise(spec: Experiment, family: Family, context: RunContext, trainer: Tr
                                                           spec.loss, context.splits, keep=spec.train.snapshots)
     write_json(context.path / "summary.json", summary)  # the diagnosis reads it
     return summary
+
+
+def _data_summary(splits: Any) -> dict[str, Any]:
+    """What the report's data section shows: split sizes, input shape, classes and task."""
+    return {"train": len(splits.train), "val": len(splits.val) if splits.val is not None else 0,
+            "test": len(splits.test) if splits.test is not None else 0,
+            "input_shape": list(splits.input_shape), "classes": splits.num_classes, "task": splits.task}
 
 
 def _run_findings(family: Family, context: RunContext, preflight_found: list[Finding] | None,
