@@ -67,8 +67,9 @@ PATHOLOGIES = [
                                               "train.epochs=15"],
      {"mode_collapse": ("warning", "generator")}),
 ]
-# test_preflight.py; test_user_loop.py (a user's own loop under babysit.watch)
-ON_THE_API = {"gradient_check_failed", "batch_mixing", "gradients_accumulate", "loss_at_chance"}
+# test_preflight.py; test_user_loop.py (a user's own loop under babysit.watch); test_heldout.py
+ON_THE_API = {"gradient_check_failed", "batch_mixing", "gradients_accumulate", "loss_at_chance",
+              "heldout_out_of_range", "test_val_gap"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
