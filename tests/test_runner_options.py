@@ -563,3 +563,23 @@ def test_summary_test_acc_matches_best_checkpoint_recomputed(tmp_path):
     assert summary["test_acc"] == pytest.approx(acc, abs=1e-12)
     assert summary["test_loss"] == pytest.approx(loss_fn(out, test.y).item(), rel=1e-5)
     assert summary["best_epoch"] == best["epoch"]
+
+
+def test_a_small_network_trains_on_one_cpu_thread_unless_told(tmp_path):
+    import torch
+
+    from babysit import config
+    from babysit.run import run
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        auto = run(config.load(None, ["data.source=spirals", "data.samples=300", "train.epochs=1",
+                                      "train.device=cpu", "checks.preflight=false"]), tmp_path / "a", quiet=True)
+        told = run(config.load(None, ["data.source=spirals", "data.samples=300", "train.epochs=1",
+                                      "train.device=cpu", "checks.preflight=false", "train.threads=2"]),
+                   tmp_path / "b", quiet=True)
+        assert auto.summary["threads"] == 1 and told.summary["threads"] == 2
+        assert torch.get_num_threads() == 2  # given back after the run
+    finally:
+        torch.set_num_threads(before)

@@ -193,6 +193,9 @@ class TrainSpec(Section):
     device: Device = "auto"
     compile: bool = False
     precision: Precision = "fp32"
+    # CPU threads for torch (None: 1 for a network under THREADS_PARAMS parameters, where more
+    # threads cost more than they give; torch's default above)
+    threads: int | None = Field(None, ge=1, le=1024)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     log_every: int | None = Field(None, ge=1)  # steps between logged points (default: once an epoch)
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)

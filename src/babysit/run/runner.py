@@ -72,7 +72,7 @@ from babysit.train.callbacks import (
     TrajectorySaver,
 )
 from babysit.train.checkpoint import load_checkpoint, load_weights, set_rng_state
-from babysit.train.device import environment
+from babysit.train.device import cpu_threads, environment, run_threads
 from babysit.train.distributed import DistributedContext, SingleProcess, in_process_group
 from babysit.train.ensemble import cycle_end_steps, evaluate_snapshots, snapshot_callback
 from babysit.train.loop import Callback, LoopState, Trainer
@@ -185,6 +185,15 @@ def run(
     if resume and group.is_main:  # the same experiment, only train.epochs may grow
         check_resume_spec(config_module.load(path / "config.yaml"), spec)
     built = assemble(spec, splits, group)  # refused here, nothing is written; given splits: a cross-validation fold
+    parameters = sum(p.numel() for p in built.model.parameters())
+    with cpu_threads(run_threads(spec.train.threads, parameters, built.device)):
+        return _run_locked(path, resumable, resume, spec, built, group, quiet, extra_callbacks, progress_stream,
+                           report)
+
+
+def _run_locked(path: Path, resumable: bool, resume: bool, spec: Experiment, built: Assembled, group: Any,
+                quiet: bool, extra_callbacks: list[Callback] | None, progress_stream: Any, report: bool) -> RunResult:
+    """:func:`run` in its decided directory: rank 0 under the directory's lock."""
     if not group.is_main:
         return _run_in(path, resumable, spec, built, group, quiet, extra_callbacks, progress_stream, report)
     with run_lock(path):
