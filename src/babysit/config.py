@@ -686,12 +686,16 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
     """Load a spec file (or the defaults when ``path`` is None) and apply overrides.
 
     A relative ``data.path`` is resolved against the spec file's folder when it exists there.
+    The defaults' run is named ``default-<source>-<kind>`` unless ``name`` is given, so that
+    ``babysit train`` (``make demo``) and ``examples/mnist1d-mlp.yaml`` write different folders.
     """
     raw = read_yaml(path) if path is not None else {}
     for text in overrides or []:
         keys, value = parse_override(text)
         set_dotted(raw, keys, value)
     spec = validate(raw)
+    if path is None and spec.name is None:
+        spec.name = f"default-{spec.data.source}-{spec.model.kind}"
     if path is not None and spec.data.path and not Path(spec.data.path).is_absolute():
         beside = Path(path).parent / spec.data.path
         if beside.exists() and not Path(spec.data.path).exists():
