@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 
 from babysit import config, data
 from babysit.checks.heldout import heldout_range
-from babysit.checks.heldout import test_val_gap as val_gap
+from babysit.checks.heldout import val_test_gap as val_gap
 from babysit.optim import losses
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "figures.json").read_text())["cases"]

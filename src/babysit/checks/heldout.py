@@ -91,16 +91,18 @@ def heldout_range(train_x: torch.Tensor, heldout: dict[str, torch.Tensor | None]
          "features_beyond": counts, "pooled_train_std": pooled})]
 
 
-def test_val_gap(summary: dict[str, Any], chance_loss: float | None) -> list[Finding]:
+def val_test_gap(summary: dict[str, Any], chance_loss: float | None) -> list[Finding]:
     """``test_val_gap`` when the kept model's test loss is far above its validation loss
     while training and validation agree (see the thresholds above).
 
     Example
     -------
-    >>> [f.id for f in test_val_gap({"train_loss": 0.74, "val_loss": 0.72, "test_loss": 1.14}, 1.0)]
+    >>> [f.id for f in val_test_gap({"train_loss": 0.74, "val_loss": 0.72, "test_loss": 1.14}, 1.0)]
     ['test_val_gap']
-    >>> test_val_gap({"train_loss": 0.46, "val_loss": 0.47, "test_loss": 0.46}, 1.1)
+    >>> val_test_gap({"train_loss": 0.46, "val_loss": 0.47, "test_loss": 0.46}, 1.1)
     []
+    >>> [f.id for f in val_test_gap({"train_loss": 0.0, "val_loss": 0.0, "test_loss": 0.5}, 0.69)]
+    ['test_val_gap']
     """
     train, val, test = (summary.get(k) for k in ("train_loss", "val_loss", "test_loss"))
     if not all(isinstance(v, int | float) and math.isfinite(v) for v in (train, val, test)):
@@ -113,7 +115,8 @@ def test_val_gap(summary: dict[str, Any], chance_loss: float | None) -> list[Fin
         return []
     return [Finding(
         "test_val_gap", "warning",
-        f"The test loss is {test:.4g}, {test / val:.2g}x the validation loss {val:.4g}, while training "
+        f"The test loss is {test:.4g}, {f'{test / val:.2g}x' if val > 0 else 'far above'} the validation loss "
+        f"{val:.4g}, while training "
         f"({train:.4g}) and validation differ by only {abs(val - train):.2g}: the test split is not like the "
         "other two, or not prepared like them. The validation figures overstate how the model does on it.",
         "Check that the test data comes from the same source and is preprocessed with the training "
@@ -124,4 +127,4 @@ def test_val_gap(summary: dict[str, Any], chance_loss: float | None) -> list[Fin
 
 
 __all__ = ["FAR_OUTSIDE", "MIN_HELDOUT", "TEST_VAL_AGAINST_CHANCE", "TEST_VAL_AGAINST_TRAIN", "TEST_VAL_RELATIVE",
-           "heldout_range", "test_val_gap"]
+           "heldout_range", "val_test_gap"]

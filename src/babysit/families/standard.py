@@ -21,7 +21,7 @@ from torch import nn
 from babysit import nets
 from babysit.checks.diagnose import diagnose_run
 from babysit.checks.findings import Finding
-from babysit.checks.heldout import heldout_range, test_val_gap
+from babysit.checks.heldout import heldout_range, val_test_gap
 from babysit.checks.monitors import monitor_findings
 from babysit.checks.preflight import preflight
 from babysit.config import RECURRENT_KINDS, Experiment
@@ -137,7 +137,7 @@ class StandardFamily:
         found += heldout_range(splits.train.x, {"val": splits.val.x if splits.val is not None else None,
                                                 "test": splits.test.x if splits.test is not None else None})
         summary = read_json(run.path / "summary.json", {})
-        found += test_val_gap(summary if isinstance(summary, dict) else {}, chance)
+        found += val_test_gap(summary if isinstance(summary, dict) else {}, chance)
         if spec.optimizer.name == "newton":
             # Newton sets its own step length and does not use the lr: the first-order rules do not apply
             found = [f for f in found if f.id not in FIRST_ORDER_RULES]

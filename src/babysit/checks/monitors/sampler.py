@@ -341,20 +341,9 @@ class Monitor:
             if name in hists:
                 entry["hist"] = hists[name]
             layers[name] = entry
-        for name in input_names:
-            dead, units, lo, hi, zeros, beyond_tanh, beyond_sigmoid, count = flat[at:at + 8]
-            at += 8
-            entry = layers.setdefault(name, {"type": self._types.get(name, "Parameter")})
-            entry["input_dead_fraction"] = dead / max(units, 1)
-            # what made the input, read from its range: tanh-like values in (-1, 1) with some
-            # below 0; sigmoid-like in [0, 1] with (almost) no exact zeros, which ReLUs make
-            if lo < 0 and -1 <= lo and hi <= 1:
-                entry["input_saturated_fraction"] = beyond_tanh / max(count, 1)
-            elif 0 <= lo and hi <= 1 and zeros <= 0.01 * count:
-                entry["input_saturated_fraction"] = beyond_sigmoid / max(count, 1)
         record: dict[str, Any] = {"step": step, "layers": layers, "loss": loss}
         if has_stale:
-            stale, fresh = flat[at:at + 2]
+            stale, fresh = flat[-2:]  # the last two numbers of the sample
             # the gradient left in .grad from before this step's backward, against the new one: 0
             # after zero_grad; about the sum of every earlier step's gradient when it is forgotten
             record["uncleared_grad_ratio"] = stale / fresh if fresh > 0 else (0.0 if stale == 0 else float("inf"))
@@ -365,6 +354,17 @@ class Monitor:
                 entry["grad_rms"] = grad_norms[i] / math.sqrt(max(w.numel(), 1))
             entry["weight_norm"] = weight_norms[i]
             entry["update_ratio"] = update_norms[i] / weight_norms[i] if weight_norms[i] > 0 else float("inf")
+        for name in input_names:  # after the weights: the layers stay in the network's order
+            dead, units, lo, hi, zeros, beyond_tanh, beyond_sigmoid, count = flat[at:at + 8]
+            at += 8
+            entry = layers.setdefault(name, {"type": self._types.get(name, "Parameter")})
+            entry["input_dead_fraction"] = dead / max(units, 1)
+            # what made the input, read from its range: tanh-like values in (-1, 1) with some
+            # below 0; sigmoid-like in [0, 1] with (almost) no exact zeros, which ReLUs make
+            if lo < 0 and -1 <= lo and hi <= 1:
+                entry["input_saturated_fraction"] = beyond_tanh / max(count, 1)
+            elif 0 <= lo and hi <= 1 and zeros <= 0.01 * count:
+                entry["input_saturated_fraction"] = beyond_sigmoid / max(count, 1)
         return record
 
     def flush(self) -> None:
