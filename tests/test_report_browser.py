@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 
 from babysit import config
+from babysit.checks.findings import FINDINGS
 from babysit.run import run
+from test_report import write_newcomer_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -79,16 +81,41 @@ def browse(chromium, page, tmp_path, *args):
     return done.stdout
 
 
+# appended with IMAGE_CHECK: the in-page links (href="#...") and those with no element of that
+# id, and the text of <main> as the browser lays it out (innerText: what a reader sees; the
+# inside of a closed <details> is left out)
+PAGE_CHECK = """<script>
+addEventListener("load", () => {
+  const ids = new Set([...document.querySelectorAll("[id]")].map(element => element.id));
+  const links = [...document.querySelectorAll('a[href^="#"]')].map(a => a.getAttribute("href").slice(1));
+  const main = document.querySelector("main");
+  const out = document.createElement("pre");
+  out.id = "babysit-page-check";
+  out.textContent = JSON.stringify({links: links, dangling: links.filter(id => !ids.has(id)),
+                                    visible: main ? main.innerText : ""});
+  document.body.append(out);
+});
+</script>"""
+
+
 def rendered_dom(chromium, page, tmp_path):
     """The page's DOM after load, and what the image check found: ``{"images", "broken"}``."""
     source = page.read_text(encoding="utf-8")
     checked = tmp_path / f"{page.stem}-checked.html"
     at = source.lower().rfind("</body>")
-    checked.write_text(source[:at] + IMAGE_CHECK + source[at:] if at >= 0 else source + IMAGE_CHECK, encoding="utf-8")
+    checks = IMAGE_CHECK + PAGE_CHECK
+    checked.write_text(source[:at] + checks + source[at:] if at >= 0 else source + checks, encoding="utf-8")
     dom = browse(chromium, checked, tmp_path, "--dump-dom", "--virtual-time-budget=5000")
     found = re.search(r'<pre id="babysit-image-check">(.*?)</pre>', dom, re.S)
     assert found, "the image check did not run: " + dom[-500:]
     return dom, json.loads(html.unescape(found.group(1)))
+
+
+def page_check(dom):
+    """What PAGE_CHECK found in a DOM from :func:`rendered_dom`: ``{"links", "dangling", "visible"}``."""
+    found = re.search(r'<pre id="babysit-page-check">(.*?)</pre>', dom, re.S)
+    assert found, "the page check did not run: " + dom[-500:]
+    return json.loads(html.unescape(found.group(1)))
 
 
 def screenshot(chromium, page, tmp_path):
@@ -154,6 +181,9 @@ def reports(tmp_path_factory):
     for name, spec in (("healthy", healthy), ("pathological", exploding)):
         result = run(spec, out=folder / name, quiet=True)
         pages[name] = (report.render(result.path), result.findings)
+    # written by hand (test_report): a CNN on a CSV file whose gradients fall to exactly 0, a
+    # stepped learning rate, a dead-ReLU error and a landscape.json with long arrays
+    pages["newcomer"] = (report.render(write_newcomer_run(folder / "newcomer")), None)
     return pages
 
 
@@ -164,6 +194,44 @@ def test_a_report_renders_with_every_image_decoded(chromium, reports, which, tmp
     dom, images = rendered_dom(chromium, page, tmp_path)
     assert images["images"] >= 3 and images["broken"] == []
     assert not blank(screenshot(chromium, page, tmp_path))
+    found = page_check(dom)
+    assert found["links"] and found["dangling"] == []  # every in-page link reaches a section the page has
+    visible = found["visible"]
+    # the verdict, under the title: the worst finding (errors before warnings), else "healthy"
+    serious = sorted((f for f in findings if f.severity in ("error", "warning")), key=lambda f: f.severity != "error")
+    verdict = f"Verdict: {FINDINGS[serious[0].id]}." if serious else "Verdict: healthy."
+    assert visible.index(verdict) < visible.index("Experiment")
     if which == "pathological":
         assert "loss_exploded" in [f.id for f in findings]
-        assert "Loss exploded" in text_of(dom)
+        assert "Loss exploded" in text_of(dom) and verdict == "Verdict: Loss exploded."
+    if which == "healthy":  # an MLP classifier makes no samples, and no landscape was mapped: no links to them
+        assert "samples" not in found["links"] and "landscape" not in found["links"]
+        assert {"data", "findings", "curves", "layers", "weights", "spec"} <= set(found["links"])
+        assert "train 432 · val 48 · test 120" in visible  # spirals, 600 samples
+        assert "Tiny validation split: 48 examples (under 100)" in visible
+        assert "Learning rate per epoch" in visible  # drawn although constant
+
+
+def test_a_newcomer_reads_the_verdict_first_and_the_details_folded(chromium, reports, tmp_path):
+    dom, images = rendered_dom(chromium, reports["newcomer"][0], tmp_path)
+    found = page_check(dom)
+    assert found["dangling"] == [] and "landscape" in found["links"] and images["broken"] == []
+    visible = found["visible"]
+    # the verdict right under the title: the error, though listed second, in one sentence
+    assert visible.index("Verdict: Dead ReLU units.") < visible.index("Experiment") < visible.index("Findings")
+    # the data summary; a CSV file is not re-read, so its sizes are said to be unrecorded
+    assert "rows\tnot recorded" in visible and "Not recorded in the run directory" in visible
+    # the zero gradients are named and drawn (the caption says where); the learning rate is a figure
+    assert "exactly 0 (drawn on the grey band marked 0)" in visible and "Learning rate per epoch" in visible
+    # the landscape's verdict first, in rounded numbers; the table of every quantity folded away
+    landscape = visible[visible.index("Loss landscape"):visible.index("Resolved spec")]
+    assert landscape.index("End point: saddle") < landscape.index("Every quantity in landscape.json")
+    assert not re.search(r"\d\.\d{6,}", landscape)
+    assert "spectrum.density.nodes" not in visible and "spectrum.density.nodes" in dom
+    # the spec's keys that do not apply to a CNN on a CSV file are folded
+    spec = visible[visible.index("Resolved spec"):]
+    assert "channels:" in spec and "path: table.csv" in spec
+    for key in ("hidden:", "  noise:", "classes:", "bottleneck:"):
+        assert key not in spec, key
+    assert "keys that do not apply to model.kind cnn, data.source csv" in spec
+

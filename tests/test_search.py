@@ -11,6 +11,7 @@ specs are one line and exit code 2.
 from __future__ import annotations
 
 import collections
+import io
 import json
 import math
 import os
@@ -38,10 +39,12 @@ from babysit.run import run
 from babysit.rundir import read_jsonl
 from babysit.tune.search import (
     DivergencePruner,
+    SearchResult,
     TrialSeededRandomSampler,
     cross_validation_folds,
     journal_storage,
     search,
+    search_lines,
 )
 from helpers import run_cli
 
@@ -146,9 +149,47 @@ def test_bad_search_options_are_one_line(tmp_path, capsys, flags, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_ctrl_c_that_a_cleanup_turned_into_another_error_still_stops_the_search(tmp_path, monkeypatch):
+    """Optuna's journal lock, hit by Ctrl-C as it releases, raises FileNotFoundError from its
+    except-BaseException branch: that is the user's stop, not a failed trial to make up for."""
+    import babysit.tune.search as search_module
+
+    def interrupted_in_a_lock(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except BaseException:
+            raise FileNotFoundError(2, "No such file or directory", "journal.log.lock1234.rename") from None
+
+    monkeypatch.setattr(search_module, "run", interrupted_in_a_lock)
+    spec = config.load(spiral_spec(tmp_path, "optimizer.lr: loguniform(0.01, 1)", epochs=1, name="stop"))
+    with pytest.raises(KeyboardInterrupt):
+        search(spec, 3, out=tmp_path / "stop", quiet=True)
+    trials = load_study(tmp_path / "stop", "stop").get_trials()
+    assert len(trials) == 1  # stopped at its first trial: no next trial was started
+    assert "fail_reason" not in trials[0].user_attrs  # and the error was not taken for the trial's failure
+
+
 def test_a_spec_without_a_search_section_is_refused(tmp_path, capsys):
     code, _, err = run_cli(["search", str(EXAMPLES / "spirals-mlp.yaml")], capsys)
     assert code == 2 and err.startswith("error: search: the spec has no search section")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_the_search_section_the_refusal_suggests_is_accepted_when_pasted(tmp_path, capsys):
+    """The refusal quotes the lines to add, in YAML's block form; pasted under the spec, the
+    spec loads with both keys (the flow form, {key: loguniform(a, b)}, would not)."""
+    code, _, err = run_cli(["search", str(EXAMPLES / "spirals-mlp.yaml")], capsys)
+    suggested = re.findall(r"'([^']*)'", err)
+    assert suggested[0] == "search:" and all(line.startswith("  ") for line in suggested[1:]), err
+    pasted = tmp_path / "pasted.yaml"
+    pasted.write_text((EXAMPLES / "spirals-mlp.yaml").read_text() + "\n".join(suggested) + "\n", encoding="utf-8")
+    spec = config.load(pasted)
+    assert spec.search == {"optimizer.lr": "loguniform(1e-4, 1)", "optimizer.weight_decay": "loguniform(1e-6, 1e-2)"}
+    flow = tmp_path / "flow.yaml"
+    flow.write_text((EXAMPLES / "spirals-mlp.yaml").read_text() + "search: {optimizer.lr: loguniform(1e-4, 1)}\n",
+                    encoding="utf-8")
+    with pytest.raises(BabysitError, match="cut at a comma"):
+        config.load(flow)
 
 
 def test_trials_that_keep_failing_stop_the_search_in_one_line(tmp_path, capsys):
@@ -232,7 +273,8 @@ def test_a_spec_that_early_stops_on_accuracy_is_searched_for_accuracy(tmp_path):
         metrics = read_jsonl(tmp_path / "acc" / row["run_dir"] / "metrics.jsonl")
         assert row["score"] == row["val_acc"] == max(r["val_acc"] for r in metrics)
         assert row["val_loss"] == min(r["val_loss"] for r in metrics)
-    assert result.best_trial == max(complete, key=lambda r: r["val_acc"])
+    # the best accuracy; among equal accuracies (30 validation examples give few values), the lower loss
+    assert result.best_trial == max(complete, key=lambda r: (r["val_acc"], -r["val_loss"]))
     with pytest.raises(BabysitError, match="--study acc: this study maximizes its score"):
         search(config.apply_overrides(spec, ["train.early_stopping.monitor=val_loss"]), 5, out=tmp_path / "acc",
                quiet=True)
@@ -306,7 +348,10 @@ def test_folds_partition_the_training_pool_and_preprocess_on_each_training_part(
 
 def test_a_cross_validated_trial_scores_the_mean_of_its_folds(tmp_path):
     spec = config.load(spiral_spec(tmp_path, "optimizer.lr: loguniform(0.03, 0.3)", epochs=3, name="cv"))
-    result = search(spec, 2, folds=3, out=tmp_path / "cv", quiet=True)
+    said = io.StringIO()
+    result = search(spec, 2, folds=3, out=tmp_path / "cv", stream=said)
+    # the epochs a trial may train are per fold: 3 epochs on each of 3 folds, not "up to 9 epochs"
+    assert "2 trials of up to 3 epochs per fold, 3 folds, random sampler" in said.getvalue(), said.getvalue()
     assert [r["state"] for r in result.rows] == ["complete", "complete"]
     for row in result.rows:
         folds = sorted((tmp_path / "cv" / row["run_dir"]).glob("fold-*"))
@@ -351,6 +396,32 @@ def test_refine_narrows_the_space_around_the_best_and_the_outputs_are_complete(t
     assert (folder / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "refine: optimizer.lr loguniform(" in out and f"best spec: {folder / 'best.yaml'}" in out
     assert not (folder / "trials" / "0" / "report.html").exists()  # trials skip the HTML report
+
+
+def tie_result(metric, scores, pick):
+    """A SearchResult of finished trials with (score, val_loss) each, ``pick`` the best one."""
+    rows = [{"stage": "coarse", "trial": n, "state": "complete", "score": score, "val_loss": loss,
+             "val_acc": score if metric == "val_acc" else None, "epochs": 5, "optimizer.lr": 0.1}
+            for n, (score, loss) in enumerate(scores)]
+    return SearchResult("tie", "journal", Path("out"), {"optimizer.lr": parse_distribution("loguniform(0.01, 1)")},
+                        rows, metric, {"optimizer.lr": 0.1}, rows[pick]["score"], rows[pick], None)
+
+
+def test_a_tie_for_the_best_score_is_said_with_how_the_best_was_picked():
+    # three trials at 96.67% of a 30-example validation set: the lowest validation loss is picked
+    lines = search_lines(tie_result("val_acc", [(0.9667, 0.31), (0.9, 0.2), (0.9667, 0.25), (0.9667, 0.4)], 2))
+    assert ("3 trials tie at val_acc 96.67% (trials 0, 2, 3); picked trial 2, the one with the lowest val_loss "
+            "(0.2500); a larger validation split (data.val_fraction) or --folds K would tell them apart") in lines
+    # equal in everything: the first
+    lines = search_lines(tie_result("val_acc", [(0.9, 0.3), (0.9, 0.3)], 0))
+    assert any(line.startswith("2 trials tie at val_acc 90.00% (trials 0, 1); picked trial 0, the first of them")
+               for line in lines)
+    # equal as printed (four decimals of a loss), apart before rounding
+    lines = search_lines(tie_result("val_loss", [(0.25004, 0.25004), (0.25001, 0.25001), (0.3, 0.3)], 1))
+    assert any("2 trials tie at val_loss 0.2500 (trials 0, 1); picked trial 1, the best before rounding "
+               "(val_loss 0.25001)" in line for line in lines)
+    # a best trial alone says nothing of ties
+    assert not any("tie" in line for line in search_lines(tie_result("val_loss", [(0.2, 0.2), (0.3, 0.3)], 0)))
 
 
 def test_a_study_keeps_its_space(tmp_path):

@@ -27,10 +27,37 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from babysit.errors import BabysitError
 
+
+def _flags_without_placeholder(params: list[Any]) -> list[Any]:
+    """typer (0.2x) writes a type after every option in --help, ``--quiet -q <bool>`` for an
+    on/off flag that takes no value: an empty metavar shows nothing there."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """A babysit verb: typer's command, its flags (and --help) shown without a placeholder."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_placeholder(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """The ``babysit`` command group: its --help shown without a placeholder; its verbs are
+    :class:`Command`."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_placeholder(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=Group,
     name="babysit",
     help="Build, train and babysit neural networks on PyTorch.\n\n"
     "Every run leaves runs/<name>/ with the resolved spec, metrics, checkpoints and TensorBoard events.",
@@ -58,7 +85,7 @@ def _split_spec_and_overrides(args: list[str]) -> tuple[Path | None, list[str]]:
     return None, list(args)
 
 
-@app.command()
+@app.command(cls=Command)
 def train(
     args: list[str] = typer.Argument(
         None,
@@ -126,6 +153,18 @@ def _console() -> Any:
     return Console(file=sys.stdout, width=max(100, Console().width))
 
 
+def _print_table(table: Any) -> None:
+    """Print a rich table on stdout, never cutting a cell: the console is widened (beyond 100
+    columns, beyond the terminal) when the table's narrowest layout needs it."""
+    from rich.measure import Measurement
+
+    console = _console()
+    needed = Measurement.get(console, console.options.update_width(10_000), table).minimum
+    if needed > console.width:
+        console.width = needed
+    console.print(table)
+
+
 def _print_findings(findings: list, where: Path) -> None:
     """The run's findings as a compact table at the end (most severe first)."""
     if not findings:
@@ -139,7 +178,7 @@ def _print_findings(findings: list, where: Path) -> None:
     typer.echo(f"findings written to {where}")
 
 
-@app.command()
+@app.command(cls=Command)
 def check(
     args: list[str] = typer.Argument(
         None,
@@ -172,7 +211,7 @@ def check(
         raise typer.Exit(1)
 
 
-@app.command("lr-find")
+@app.command("lr-find", cls=Command)
 def lr_find_command(
     args: list[str] = typer.Argument(
         None,
@@ -239,7 +278,7 @@ def lr_find_command(
     typer.echo(f"use it: {shlex.join(command)}")
 
 
-@app.command("batch-find")
+@app.command("batch-find", cls=Command)
 def batch_find_command(
     args: list[str] = typer.Argument(
         None,
@@ -293,7 +332,7 @@ def batch_find_command(
         typer.echo(f"wrote {path}")
 
 
-@app.command()
+@app.command(cls=Command)
 def report(
     run_dir: Path = typer.Argument(..., metavar="RUN", help="A run directory (what babysit train wrote).",
                                    show_default=False),
@@ -315,25 +354,36 @@ def report(
     typer.echo(f"wrote {render(run_dir, out)}")
 
 
-@app.command()
+@app.command(cls=Command)
 def compare(
     run_dirs: list[Path] = typer.Argument(..., metavar="RUN RUN...", help="Run directories to put side by side.",
                                           show_default=False),
-    out: Path = typer.Option(Path("compare.html"), "--out", "-o", help="Where to write the page."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Where to write the page (default runs/compare.html, or runs/compare-N.html "
+        "when that exists).", show_default=False),
 ) -> None:
     """Compare runs on one HTML page: curves overlaid, final metrics and findings side by
     side, and the spec keys that differ.
 
     Example:
 
-      babysit compare runs/mnist1d-logreg runs/mnist1d-mlp runs/mnist1d-cnn --out runs/compare.html
+      babysit compare runs/mnist1d-logreg runs/mnist1d-mlp runs/mnist1d-cnn
     """
     from babysit.report import compare as compare_runs
 
-    typer.echo(f"wrote {compare_runs(run_dirs, out)}")
+    typer.echo(f"wrote {compare_runs(run_dirs, out if out is not None else _compare_path())}")
 
 
-@app.command()
+def _compare_path(folder: Path = Path("runs")) -> Path:
+    """``runs/compare.html``, or ``runs/compare-2.html``, ``-3``... when that exists: like the
+    run directories, a new page never overwrites an earlier one."""
+    from babysit.rundir import next_free
+
+    stem = next_free(folder / "compare", taken=lambda path: path.with_name(f"{path.name}.html").exists())
+    return stem.with_name(f"{stem.name}.html")
+
+
+@app.command(cls=Command)
 def landscape(
     run_dir: Path = typer.Argument(..., metavar="RUN", help="A run directory (what babysit train wrote).",
                                    show_default=False),
@@ -341,7 +391,7 @@ def landscape(
                              help="Comma-separated: spectrum, surface, trajectory, interpolate."),
     resolution: int = typer.Option(31, "--resolution", "-r",
                                    help="Grid points per axis of the surfaces and points on the interpolation line (odd)."),
-    samples: int = typer.Option(1000, "--samples", "-n",
+    samples: int = typer.Option(1000, "--samples",
                                 help="Training examples to compute on: a fixed, seeded sample (all when fewer)."),
     other: Path | None = typer.Option(None, "--other",
                                       help="interpolate: another run of the same network (default: this run's initial weights).",
@@ -385,7 +435,7 @@ def landscape(
     typer.echo(f"wrote {run_dir / 'landscape.json'}, figures in {run_dir / 'figures'}, report {run_dir / 'report.html'}")
 
 
-@app.command()
+@app.command(cls=Command)
 def ensemble(
     run_dirs: list[Path] = typer.Argument(..., metavar="RUN RUN...", help="Run directories (what babysit train wrote) "
                                           "trained on the same data, e.g. the same spec with different seeds.",
@@ -418,20 +468,20 @@ def ensemble(
     )
 
     result = ensemble_runs(run_dirs)
-    _console().print(ensemble_table(result))
+    _print_table(ensemble_table(result))
     for line in ensemble_lines(result):
         typer.echo(line)
     json_path, png_path = write_ensemble(result, ensemble_directory(out))
     typer.echo(f"wrote {json_path} and {png_path.name}")
 
 
-@app.command()
+@app.command(cls=Command)
 def search(
     args: list[str] = typer.Argument(
         ..., metavar="SPEC [KEY=VALUE]...",
         help="A YAML experiment spec with a search: section, then overrides with dotted keys.", show_default=False,
     ),
-    trials: int = typer.Option(20, "--trials", "-n", help="Trials in the study, counting those of every process sharing it."),
+    trials: int = typer.Option(20, "--trials", help="Trials in the study, counting those of every process sharing it."),
     storage: str | None = typer.Option(
         None, "--storage", help="An Optuna storage URL (sqlite:///search.db, postgresql://user@host/db); "
         "default a journal file, OUT/journal.log.", show_default=False),
@@ -472,17 +522,17 @@ def search(
     spec = config.load(spec_path, overrides)
     result = run_search(spec, trials, storage=storage, study=study, refine=refine, sampler=sampler, folds=folds,
                         out=out, quiet=quiet)
-    _console().print(search_table(result))
+    _print_table(search_table(result))
     for line in search_lines(result):
         typer.echo(line)
 
 
-@app.command()
+@app.command(cls=Command)
 def sample(
     run_dir: Path = typer.Argument(..., metavar="RUN", help="A language-model run (model.kind gpt on data.source: text).",
                                    show_default=False),
     prompt: str = typer.Option("", "--prompt", "-p", help="The text to continue (characters the run's text contains)."),
-    tokens: int = typer.Option(200, "--tokens", "-n", help="Characters to generate."),
+    tokens: int = typer.Option(200, "--tokens", help="Characters to generate."),
     temperature: float = typer.Option(0.8, "--temperature", "-t",
                                       help="Divides the logits: below 1 safer, above 1 wilder; 0 always takes the likeliest."),
     top_k: int | None = typer.Option(None, "--top-k", help="Draw only among the k likeliest characters.", show_default=False),
@@ -503,7 +553,7 @@ def sample(
     typer.echo(sample_text(run_dir, prompt, tokens, temperature=temperature, top_k=top_k, seed=_check_seed(seed)))
 
 
-@app.command()
+@app.command(cls=Command)
 def study(
     name: str = typer.Argument(..., metavar="NAME", show_default=False,
                                help="activations, init, optimizers, batch, normalization or depth."),
@@ -539,7 +589,7 @@ def study(
     from babysit.studies import rich_table, run_study
 
     result = run_study(name, quick=quick, out=out, progress=None if quiet else typer.echo)
-    _console().print(rich_table(result))
+    _print_table(rich_table(result))
     for line in result.conclusion:
         typer.echo(line)
     typer.echo(f"study directory: {result.path} ({result.seconds:.1f} s); report: {result.path / 'report.html'}")
@@ -552,6 +602,19 @@ class Interrupted(BaseException):
 
 def _interrupted(signum: int, frame: Any) -> None:
     raise Interrupted
+
+
+def _interrupt_behind(exc: BaseException | None) -> BaseException | None:
+    """The Ctrl-C that ``exc`` was raised while unwinding, if any (along ``__context__``): a
+    library's cleanup that fails mid-interrupt (Optuna's journal lock raises FileNotFoundError
+    when a Ctrl-C lands as it releases) must not turn Ctrl-C into a traceback."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt | Interrupted):
+            return exc
+        exc = exc.__context__
+    return None
 
 
 # click's exception classes, found through the one typer exports (typer vendors click in
@@ -583,7 +646,13 @@ def main() -> None:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("default")
-            code = app(prog_name="babysit", standalone_mode=False)  # errors come here, not as click's boxes
+            try:
+                code = app(prog_name="babysit", standalone_mode=False)  # errors come here, not as click's boxes
+            except Exception as exc:
+                interrupt = _interrupt_behind(exc)
+                if interrupt is None:
+                    raise
+                raise interrupt from None
         for line in dict.fromkeys(f"warning: {w.category.__name__}: {str(w.message).strip()[:200]}"
                                   for w in caught):
             typer.echo(line, err=True)
@@ -611,7 +680,9 @@ def main() -> None:
         _fail(f"{where}: {_OS_ERRORS[exc.errno]}")
     except (KeyboardInterrupt, Interrupted):
         hint = {"train": "; continue with babysit train ... --resume",
-                "search": "; the same babysit search command continues the study"}.get(_verb(), "")
+                "search": "; the same babysit search command continues the study",
+                "study": "; a study writes its directory only when it finishes",
+                "landscape": "; landscape.json is written only when every item is done"}.get(_verb(), "")
         typer.echo(f"interrupted{hint}", err=True)
         sys.exit(130)
     finally:

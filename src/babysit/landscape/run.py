@@ -160,17 +160,24 @@ def step_size_verdict(
 
 
 class _Progress:
-    """Phases of the work on one rich bar (drawn only on a terminal, see StepProgress);
-    the text shows the H v products of the current phase as they are taken."""
+    """Phases of the work: on a terminal one rich bar (see StepProgress) whose text shows the
+    H v products of the current phase as they are taken; off a terminal (a pipe, a log) plain
+    lines: what will be computed, then a line as each phase ends, and one every
+    ``HEARTBEAT_S`` seconds while a long phase runs."""
+
+    HEARTBEAT_S = 30.0
 
     def __init__(self, phases: Sequence[str], quiet: bool, stream: Any):
-
         self.phases = list(phases)
         self.done = 0
         self.phase = ""
+        self.stream = stream
         self.bar = StepProgress("landscape", total=len(self.phases), stream=stream)
+        self.plain = not quiet and not self.bar.enabled
         if quiet:
             self.bar.enabled = False
+        self.matvecs = 0  # H v products in the current phase
+        self._started = self._said = time.monotonic()
 
     def __enter__(self) -> _Progress:
         self.bar.__enter__()
@@ -179,16 +186,37 @@ class _Progress:
     def __exit__(self, *exc: Any) -> None:
         self.bar.__exit__(*exc)
 
+    def _say(self, line: str) -> None:
+        print(line, file=self.stream or sys.stdout, flush=True)
+        self._said = time.monotonic()
+
+    def announce(self, line: str) -> None:
+        """A line before the work starts (plain output only)."""
+        if self.plain:
+            self._say(line)
+
     def start(self, phase: str) -> None:
-        self.phase = phase
+        self.phase, self.matvecs = phase, 0
+        self._started = time.monotonic()
         self.bar.update(self.done, phase)
 
-    def tick(self, text: str) -> None:
-        self.bar.update(self.done, f"{self.phase}: {text}")
+    def tick(self, matvecs: int) -> None:
+        self.matvecs += 1
+        if self.plain:
+            now = time.monotonic()
+            if now - self._said >= self.HEARTBEAT_S:
+                self._say(f"landscape {self.done + 1}/{len(self.phases)} {self.phase}: {self.matvecs} H·v so far "
+                          f"({now - self._started:.0f} s)")
+        else:
+            self.bar.update(self.done, f"{self.phase}: {matvecs} H·v")
 
     def end(self) -> None:
         self.done += 1
         self.bar.update(self.done, self.phase)
+        if self.plain:
+            products = f", {self.matvecs} H·v" if self.matvecs else ""
+            self._say(f"landscape {self.done}/{len(self.phases)} {self.phase}: done in "
+                      f"{time.monotonic() - self._started:.1f} s{products}")
 
 
 def _operator_with_progress(progress: _Progress) -> type:
@@ -196,7 +224,7 @@ def _operator_with_progress(progress: _Progress) -> type:
     class ProgressOperator(HessianOperator):
         def matvec(self, v: Tensor) -> Tensor:
             out = super().matvec(v)
-            progress.tick(f"{self.matvecs} H·v")
+            progress.tick(self.matvecs)
             return out
 
         __call__ = matvec
@@ -342,6 +370,8 @@ def landscape_run(
         phases += ["interpolation"]
 
     with _Progress(phases, quiet, stream) as progress:
+        progress.announce(f"landscape: {', '.join(items)} of {loaded.spec.run_name} on {count} training examples "
+                          f"({results['dtype']} on {device}), {len(phases)} phases")
         operator_class = _operator_with_progress(progress)
         op = operator_class(model, loss_fn, data, batch_size=HVP_CHUNK)
         top = None

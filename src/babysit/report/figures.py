@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DPI = 80
@@ -125,24 +126,27 @@ def _spread(values: list[float]) -> float:
 
 
 def lr_curve(history: Sequence[dict[str, Any]]) -> Figure | None:
-    """The learning rate per epoch (None when it never changed: the header says it).
+    """The learning rate per epoch (metrics.jsonl's ``lr``: the rate at the end of each epoch),
+    a flat line when it never changed; None when no epoch recorded one.
 
     Example
     -------
-    >>> lr_curve([{"epoch": 1, "lr": 0.1}, {"epoch": 2, "lr": 0.1}]) is None
+    >>> lr_curve([{"epoch": 1, "lr": 0.1}, {"epoch": 2, "lr": 0.1}]) is not None
     True
-    >>> lr_curve([{"epoch": 1, "lr": 0.1}, {"epoch": 2, "lr": 0.01}]) is not None
+    >>> lr_curve([{"epoch": 1, "train_loss": 1.0}]) is None
     True
     """
     x, y = _series([r for r in history if "epoch" in r], "lr", "epoch")
     finite = [v for v in y if v == v]
-    if len(finite) < 2 or max(finite) == min(finite):
+    if not finite:
         return None
     fig, axes = _new(4.5, 2.2)
     ax = axes[0][0]
-    ax.plot(x, y, color="tab:green", lw=1.4)
+    ax.plot(x, y, color="tab:green", lw=1.4, marker="." if len(x) < 20 else None)
     if min(finite) > 0 and max(finite) / min(finite) > 30:
         ax.set_yscale("log")
+    elif max(finite) == min(finite):
+        ax.set_ylim(0, 2 * max(finite) if max(finite) > 0 else 1)  # a constant: its level, not a zoom on nothing
     ax.set_xlabel("epoch")
     ax.set_ylabel("learning rate")
     ax.grid(alpha=0.3)
@@ -166,6 +170,19 @@ def layer_names(records: Sequence[dict[str, Any]], key: str) -> list[str]:
     return list(names)
 
 
+def zero_floor(values: Sequence[float]) -> float:
+    """Where a log axis draws exact zeros: a decade below the decade of the smallest positive
+    value (of 1 when none is positive), so the zero band never overlaps a real value.
+
+    Example
+    -------
+    >>> zero_floor([0.0, 3e-4, 2.0]), zero_floor([0.0])
+    (1e-05, 0.1)
+    """
+    positive = [v for v in values if v > 0 and math.isfinite(v)]
+    return 10.0 ** (math.floor(math.log10(min(positive, default=1.0))) - 1)
+
+
 def layer_series(records: Sequence[dict[str, Any]], key: str, *, ylabel: str, layers: Sequence[str] | None = None,
                  log: bool = False, band: tuple[float, float] | None = None, line: float | None = None,
                  mark_step: int | None = None, ylim: tuple[float, float] | None = None,
@@ -175,6 +192,10 @@ def layer_series(records: Sequence[dict[str, Any]], key: str, *, ylabel: str, la
     ``band`` shades a healthy range and ``line`` draws a reference level (the update/weight
     ratio's 1e-3); ``mark_step`` marks a finding's step; ``highlight`` draws that layer thicker.
 
+    A log axis cannot show 0, yet a gradient norm of exactly 0 is the plainest sign of a dead
+    net: zeros are drawn on a grey band at the bottom of the axis (:func:`zero_floor`), its
+    tick labelled "0", each zero marked with a triangle, rather than left out as gaps.
+
     Example
     -------
     >>> records = [{"step": s, "layers": {"fc": {"update_ratio": 1e-3 * s}}} for s in (1, 11, 21)]
@@ -183,29 +204,52 @@ def layer_series(records: Sequence[dict[str, Any]], key: str, *, ylabel: str, la
     'log'
     >>> layer_series(records, "dead_fraction", ylabel="dead") is None
     True
+    >>> dead = [{"step": s, "layers": {"fc": {"grad_norm": g}}} for s, g in ((1, 0.5), (11, 0.0), (21, 0.0))]
+    >>> ax = layer_series(dead, "grad_norm", ylabel="||∇w||", log=True).axes[0]
+    >>> bool(ax.get_ylim()[0] < 0.01 < ax.get_ylim()[1]), ax.yaxis.get_major_formatter()(0.01, 0)
+    (True, '0')
     """
     names = list(layers) if layers is not None else layer_names(records, key)
     names = [n for n in names if any(key in r.get("layers", {}).get(n, {}) for r in records)][:MAX_LAYERS]
     if not names:
         return None
+    series = []
+    for name in names:
+        rows = [r for r in records if key in r.get("layers", {}).get(name, {})]
+        series.append((name, [r["step"] for r in rows], _finite([r["layers"][name][key] for r in rows])))
+    values = [v for _, _, y in series for v in y if v == v]
+    floor = None
+    if log and any(v == 0 for v in values):
+        floor = zero_floor([*values, *(band or ()), *((line,) if line else ())])  # below the healthy band too
     fig, axes = _new(5.2, 2.6)
     ax = axes[0][0]
     if band is not None:
         ax.axhspan(*band, color="tab:green", alpha=0.12, label="healthy band")
     if line is not None:
         ax.axhline(line, color="tab:green", lw=1, ls=":")
+    if floor is not None:
+        ax.axhspan(floor / 3, floor * 3, color="0.5", alpha=0.18, lw=0, label="exactly 0")
     plotted = False
-    for name in names:
-        rows = [r for r in records if key in r.get("layers", {}).get(name, {})]
-        x = [r["step"] for r in rows]
-        y = _finite([r["layers"][name][key] for r in rows])
+    for name, x, y in series:
         if log:
+            y = [floor if v == 0 and floor is not None else v for v in y]
             y = _positive(y)
         if any(v == v for v in y):
             plotted = True
-        ax.plot(x, y, lw=2.2 if name == highlight else 1.2, label=name, marker="." if len(x) < 20 else None)
+        drawn = ax.plot(x, y, lw=2.2 if name == highlight else 1.2, label=name, marker="." if len(x) < 20 else None)
+        zeros = [step for step, v in zip(x, y, strict=True) if floor is not None and v == floor]
+        if zeros:  # on the band, in the layer's colour, so a lone zero is still seen
+            ax.plot(zeros, [floor] * len(zeros), "v", color=drawn[0].get_color(), ms=5, zorder=3)
     if log and plotted:
         ax.set_yscale("log")
+    if floor is not None:
+        ax.set_ylim(bottom=floor / 3)
+        if not any(v > 0 for v in values):  # every value 0: the band, and room for the reference levels
+            ax.set_ylim(top=max([floor * 100, *((2 * band[1],) if band else ()), *((2 * line,) if line else ())]))
+        base = ax.yaxis.get_major_formatter()
+        ax.yaxis.set_major_formatter(FuncFormatter(
+            lambda v, pos: "0" if math.isclose(v, floor, rel_tol=1e-6) else base(v, pos)))
+        ax.yaxis.set_minor_formatter(NullFormatter())  # no 2e-5, 3e-5 ... labels inside the band
     if mark_step is not None:
         ax.axvline(mark_step, color="tab:red", ls="--", lw=1, label=f"step {mark_step}")
     if ylim is not None:
@@ -215,6 +259,18 @@ def layer_series(records: Sequence[dict[str, Any]], key: str, *, ylabel: str, la
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
     return fig
+
+
+def count_zeros(records: Sequence[dict[str, Any]], key: str) -> int:
+    """How many (layer, step) samples of ``key`` are exactly 0.
+
+    Example
+    -------
+    >>> count_zeros([{"step": 1, "layers": {"a": {"grad_norm": 0.0}, "b": {"grad_norm": 0.1}}}], "grad_norm")
+    1
+    """
+    return sum(1 for r in records for stats in r.get("layers", {}).values()
+               if isinstance(stats, dict) and stats.get(key) == 0 and not isinstance(stats.get(key), bool))
 
 
 def monitor_loss(records: Sequence[dict[str, Any]], limit: float | None = None, mark_step: int | None = None,
@@ -314,13 +370,20 @@ def first_layer_weights(weight: np.ndarray) -> Figure | None:
             images = w[:, 0]  # the first input channel of each filter
         return _image_grid(images)
     rows = w.reshape(len(w), -1)  # (out, in * k): one row per unit or filter
-    fig, axes = _new(min(7.5, 2.0 + 0.12 * rows.shape[1]), min(4.5, 1.2 + 0.06 * len(rows)))
-    ax = axes[0][0]
+    # constrained layout: the colour bar's tick labels (signed, as wide as "−0.0005") need a
+    # margin that fixed inches do not know; one figure, so its drawing cost is small
+    fig = Figure(figsize=(min(7.5, 3.2 + 0.12 * rows.shape[1]), min(4.5, 1.6 + 0.06 * len(rows))),
+                 layout="constrained")
+    ax = fig.subplots()
     limit = float(np.abs(rows).max()) or 1.0
     image = ax.imshow(rows, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
     ax.set_xlabel("input" if w.ndim == 2 else "input channel x kernel position")
     ax.set_ylabel("unit" if w.ndim == 2 else "filter")
-    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # columns are inputs: no tick at 0.5
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    colorbar = fig.colorbar(image, ax=ax, shrink=0.9)
+    colorbar.set_label("weight")
+    colorbar.ax.tick_params(labelsize=8)
     return fig
 
 
@@ -472,6 +535,6 @@ def gan_curves(history: Sequence[dict[str, Any]], mark_epoch: int | None = None)
     return fig
 
 
-__all__ = ["DPI", "HEALTHY_BAND", "HEALTHY_UPDATE_RATIO", "PNG_SIGNATURE", "activation_histograms",
+__all__ = ["DPI", "HEALTHY_BAND", "HEALTHY_UPDATE_RATIO", "PNG_SIGNATURE", "activation_histograms", "count_zeros",
            "first_layer_weights", "gan_curves", "layer_names", "layer_series", "loss_curves", "lr_curve",
-           "monitor_loss", "overlaid_curves", "png_bytes", "reconstructions", "samples_over_training"]
+           "monitor_loss", "overlaid_curves", "png_bytes", "reconstructions", "samples_over_training", "zero_floor"]

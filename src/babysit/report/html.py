@@ -7,13 +7,18 @@ browser. Every figure is a PNG embedded as base64; the only style is a small inl
 ``<style>``; there is no script, font or address of any kind, so nothing is fetched and
 the page works with JavaScript off. All text from the run is escaped.
 
-The page, top to bottom: the spec's essentials and the final metrics; the findings, most
-severe first, each with its title, message, advice and evidence figure; the loss and
-accuracy curves and the learning rate; the per-layer monitors (update/weight ratio with
-the healthy band around 1e-3, gradient norms, dead and saturated fractions, activation
-histograms at init and at the end); what the network makes (an autoencoder's
-reconstructions, a GAN's samples over training, a language model's text); the first layer's
-weights; the loss landscape when ``babysit landscape`` left one; the resolved spec.
+The page, top to bottom: links to the sections it has (and to no other); the verdict in one
+line ("healthy", or the worst finding's title and message); the spec's essentials and the
+final metrics; the data (split sizes, one example's shape, classes; a warning when the
+validation split is tiny, :mod:`babysit.report.data_summary`); the findings, most severe
+first, each with its title, message, advice and evidence figure; the loss and accuracy
+curves and the learning rate per epoch; the per-layer monitors (update/weight ratio with the
+healthy band around 1e-3, gradient norms with exact zeros drawn, dead and saturated
+fractions, activation histograms at init and at the end); what the network makes (an
+autoencoder's reconstructions, a GAN's samples over training, a language model's text); the
+first layer's weights; the loss landscape when ``babysit landscape`` left one, its verdict
+first (:mod:`babysit.report.landscape_summary`); the resolved spec, the keys that do not
+apply to the model kind and data source folded away (:mod:`babysit.report.spec_keys`).
 
 ``compare(run_dirs, out)`` writes one page with the runs' curves overlaid, their final
 metrics and findings side by side, and the spec keys that differ.
@@ -33,11 +38,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from babysit.checks.findings import FINDINGS
 from babysit.config import validate
@@ -45,12 +52,16 @@ from babysit.errors import BabysitError
 from babysit.families import Family, family_of
 from babysit.families.standard import STANDARD
 from babysit.report import figures
+from babysit.report.data_summary import TINY_VAL_SPLIT, data_facts
+from babysit.report.landscape_summary import landscape_value, landscape_verdict
 from babysit.report.page import data_uri, escape, figure, number, page, table, write_page
+from babysit.report.spec_keys import applying_keys, split_spec
 from babysit.rundir import RunFiles, read_json, read_run, weights_file
 from babysit.train.checkpoint import load_checkpoint
 from babysit.train.ensemble import snapshot_line
 
 MAX_LANDSCAPE_PNG = 2_000_000  # bytes; a bigger figure is named, not embedded (the page stays small)
+MAX_LANDSCAPE_ROWS = 200  # rows of landscape.json's table; the verdict and the figures say the rest
 
 
 # --------------------------------------------------------------------------- reading a run
@@ -96,6 +107,11 @@ def _metric(value: Any, key: str) -> str:
 # --------------------------------------------------------------------------- the run report
 
 
+_MODEL_ESSENTIALS = ("kind", "hidden", "channels", "kernel_size", "backbone", "bottleneck", "latent", "layers", "heads",
+                     "embed", "embedding", "bidirectional", "basis", "activation", "norm", "init", "init_std",
+                     "bias_init", "dropout", "residual")
+
+
 def _spec_essentials(spec: dict[str, Any]) -> list[tuple[str, str]]:
     """(section, one-line description) for the header."""
 
@@ -107,13 +123,14 @@ def _spec_essentials(spec: dict[str, Any]) -> list[tuple[str, str]]:
         return ", ".join(f"{k} {_short(values[k])}" for k in keys
                          if values.get(k) not in (None, [], "", "none", False, 0))
 
-    model = spec.get("model") or {}
-    convolutional = isinstance(model, dict) and model.get("kind") in ("cnn", "resnet")
-    sizes = ("channels", "kernel_size") if convolutional else ("hidden",)
+    def applying(section: str, keys: Sequence[str]) -> list[str]:  # spec_keys' tables: what this kind/source reads
+        values = spec.get(section)
+        keep = applying_keys(section, values) if isinstance(values, dict) else None
+        return [k for k in keys if keep is None or k in keep]
+
     return [(label, text) for label, text in (
-        ("data", pick("data", ("source", "path", "train_size", "batch_size", "preprocess"))),
-        ("model", pick("model", ("kind", *sizes, "activation", "norm", "init", "init_std", "bias_init",
-                                 "dropout", "residual"))),
+        ("data", pick("data", applying("data", ("source", "path", "train_size", "batch_size", "preprocess")))),
+        ("model", pick("model", applying("model", _MODEL_ESSENTIALS))),
         ("loss", _short(spec.get("loss", ""))),
         ("optimizer", pick("optimizer", ("name", "lr", *(("momentum",) if _uses_momentum(spec) else ()),
                                          "weight_decay", "grad_clip"))),
@@ -126,7 +143,7 @@ def _spec_essentials(spec: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _uses_momentum(spec: dict[str, Any]) -> bool:
     optimizer = spec.get("optimizer")
-    return isinstance(optimizer, dict) and optimizer.get("name") in ("sgd", "momentum", "nesterov", "rmsprop")
+    return isinstance(optimizer, dict) and optimizer.get("name") in ("sgd", "momentum", "nesterov")  # optim.build_optimizer
 
 
 def _short(value: Any) -> str:
@@ -160,7 +177,7 @@ def _header(run: RunFiles) -> str:
         '<p class="muted">No final metrics (summary.json is missing: the run did not finish).</p>')
     facts = []
     if "epochs" in s:
-        facts.append(f"{number(s['epochs'])} epochs, {number(s.get('steps'))} steps")
+        facts.append(f"{number(s['epochs'])} epochs" + (f", {number(s['steps'])} steps" if "steps" in s else ""))
     if isinstance(s.get("wall_time_s"), int | float):
         facts.append(f"{s['wall_time_s']:.1f} s on {escape(s.get('device', '?'))}")
     if s.get("parameters") is not None:
@@ -171,11 +188,95 @@ def _header(run: RunFiles) -> str:
     diverged = '<p class="severity error">The run diverged.</p>' if s.get("diverged") else ""
     if isinstance(s.get("snapshot_ensemble"), dict):  # train.snapshots
         stop += f"<p>{escape(snapshot_line(s['snapshot_ensemble']))}</p>"
-    return (f"<header><h1>{escape(run.name)}</h1><p class=\"muted\">{escape(run.path)}</p>"
+    return (f"<header><h1>{escape(run.name)}</h1>{verdict_line(run)}<p class=\"muted\">{escape(run.path)}</p>"
             f"<p>{' · '.join(facts)}</p>{stop}{diverged}</header>"
             f'<div class="grid"><section><h2 id="spec-summary">Experiment</h2>{spec_table}</section>'
             f'<section><h2 id="metrics">Final metrics</h2>{metrics}'
             f'<p class="muted">Measured on the kept weights after training.</p></section></div>')
+
+
+_SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a finding's message (up to a full stop before a capital letter).
+
+    Example
+    -------
+    >>> first_sentence("The loss rose to 40 at step 15. Lower the learning rate.")
+    'The loss rose to 40 at step 15.'
+    """
+    return _SENTENCE_END.split(text.strip(), maxsplit=1)[0]
+
+
+def verdict_line(run: RunFiles) -> str:
+    """The one line at the top of the page: "healthy" when the checks found no warning or
+    error, else the worst finding's title and the first sentence of its message.
+
+    Example
+    -------
+    >>> from pathlib import Path
+    >>> bad = {"id": "loss_exploded", "severity": "error", "message": "The loss exploded. More here."}
+    >>> run = RunFiles(Path("."), "", {}, [], [], {}, [bad, {"id": "overfitting", "severity": "warning"}])
+    >>> verdict_line(run)
+    '<p class="verdict error"><strong>Verdict: Loss exploded.</strong> The loss exploded. (1 more warning or error below.)</p>'
+    """
+    ranked = sorted((f for f in run.findings if f.get("severity") in ("error", "warning")),
+                    key=lambda f: _SEVERITY_RANK[f["severity"]])
+    if not ranked:
+        if not run.findings and not (run.path / "findings.json").exists():
+            return ('<p class="verdict unknown"><strong>Verdict: not checked.</strong> '
+                    "There is no findings.json: the checks did not run.</p>")
+        notes = sum(f.get("severity") == "info" for f in run.findings)
+        more = f" ({notes} note{'s' if notes > 1 else ''} below.)" if notes else ""
+        return (f'<p class="verdict healthy"><strong>Verdict: healthy.</strong> The checks found no warning '
+                f"or error.{escape(more)}</p>")
+    worst = ranked[0]
+    title = FINDINGS.get(worst["id"], worst["id"])
+    message = first_sentence(str(worst.get("message") or ""))
+    others = len(ranked) - 1
+    more = f" ({others} more warning{'s' if others > 1 else ''} or error{'s' if others > 1 else ''} below.)" if others else ""
+    return (f'<p class="verdict {escape(worst["severity"])}"><strong>Verdict: {escape(title)}.</strong> '
+            f"{escape(message)}{escape(more)}</p>")
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "×".join(str(n) for n in shape) + (f" ({math.prod(shape):,} values)" if len(shape) > 1 else "")
+
+
+def _data_section(run: RunFiles) -> str:
+    """Rows per split, one example's shape, the classes; a warning for a tiny validation split."""
+    facts = data_facts(run.spec, run.summary)
+    data = run.spec.get("data") if isinstance(run.spec.get("data"), dict) else {}
+
+    def count(n: int | None) -> str:
+        return "not recorded" if n is None else ("none" if n == 0 else f"{n:,}")
+
+    regression = run.spec.get("loss") in ("mse", "mae")
+    classes = (f"{facts.classes:,}" if facts.classes is not None else
+               "none (a regression)" if regression else "not recorded")
+    rows = [
+        [escape("source"), escape(data.get("source", "mnist1d")) + (f" ({escape(data['path'])})" if data.get("path") else "")],
+        [escape("rows"), "not recorded" if facts.train is None else " · ".join(
+            f"{split} {count(n)}" for split, n in (("train", facts.train), ("val", facts.val), ("test", facts.test)))],
+        [escape("features"), escape(_shape(facts.input_shape)) if facts.input_shape else "not recorded"],
+        [escape("classes"), escape(classes)],
+    ]
+    where = {"summary.json": "From summary.json.",
+             "computed from config.yaml": "Computed from config.yaml: summary.json does not record the split sizes, "
+                                          "and this source's sizes follow from the spec alone.",
+             }.get(facts.where, "Not recorded in the run directory: summary.json does not record the split sizes, "
+                                "and the report does not re-read the data.")
+    alert = ""
+    if facts.tiny_val:
+        alert = (f'<p class="alert"><strong>Tiny validation split:</strong> {facts.val:,} examples (under '
+                 f"{TINY_VAL_SPLIT}). One example moves validation accuracy by {100 / facts.val:.1f} points, so the "
+                 "validation curve, early stopping and the kept epoch follow noise; use more data or a larger "
+                 "data.val_fraction.</p>")
+    body = "".join(f"<tr><th>{key}</th><td>{value}</td></tr>" for key, value in rows)
+    return (f'<section><h2 id="data">Data</h2>{alert}<table><tbody>{body}</tbody></table>'
+            f'<p class="muted">{escape(where)}</p></section>')
 
 
 # finding id -> (monitor statistic, axis label, log axis); the gradient pair reads its key from the evidence
@@ -231,12 +332,12 @@ def _findings_section(run: RunFiles) -> str:
                 else "No findings.json: the checks did not run.")
         return f'<section><h2 id="findings">Findings</h2><p>{text}</p></section>'
     rank = {"error": 0, "warning": 1, "info": 2}
-    ordered = sorted(run.findings, key=lambda f: rank.get(f.get("severity"), 3))
+    ordered = sorted(run.findings, key=lambda f: rank.get(str(f.get("severity")), 3))
     counts = ", ".join(f"{sum(f.get('severity') == s for f in ordered)} {s}" for s in rank
                        if any(f.get("severity") == s for f in ordered))
     parts = [f'<section><h2 id="findings">Findings <span class="muted">({escape(counts)})</span></h2>']
     for f in ordered:
-        severity = f.get("severity") if f.get("severity") in rank else "info"
+        severity = str(f.get("severity")) if str(f.get("severity")) in rank else "info"
         where = [f"layer {f['layer']}" if f.get("layer") else "", f"step {f['step']}" if f.get("step") is not None else ""]
         where_text = " · ".join(w for w in where if w)
         evidence = json.dumps(f.get("evidence") or {}, indent=1, default=str)
@@ -265,12 +366,14 @@ def _curves_section(run: RunFiles) -> str:
                 "</section>")
     curves = figures.loss_curves(run.history, mark_epoch=best if isinstance(best, int) else None,
                                  mark_label="kept weights")
-    lr = figures.lr_curve(run.history)
-    lrs = {r.get("lr") for r in run.history if r.get("lr") is not None}
-    lr_text = "" if lr is not None else (f"<p>Learning rate: {number(lrs.pop())} throughout.</p>" if len(lrs) == 1 else "")
+    lrs = {r["lr"] for r in run.history if isinstance(r.get("lr"), int | float) and not isinstance(r.get("lr"), bool)}
+    schedule = run.spec.get("schedule", {}).get("name") if isinstance(run.spec.get("schedule"), dict) else None
+    lr_caption = ("Learning rate per epoch (metrics.jsonl's lr, at the end of each epoch"
+                  + (f"; schedule {schedule}" if schedule else "") + ")"
+                  + (f": {number(next(iter(lrs)))} throughout." if len(lrs) == 1 else "."))
     return (f'<section><h2 id="curves">Learning curves</h2>'
             f"{figure(curves, 'Loss and accuracy per epoch, training and validation (mean over each epoch).')}"
-            f"{figure(lr, 'Learning rate per epoch.')}{lr_text}</section>")
+            f"{figure(figures.lr_curve(run.history), lr_caption)}</section>")
 
 
 def _monitors_section(run: RunFiles) -> str:
@@ -282,9 +385,9 @@ def _monitors_section(run: RunFiles) -> str:
         (figures.layer_series(run.records, "update_ratio", ylabel="||Δw|| / ||w||", log=True,
                               band=figures.HEALTHY_BAND, line=figures.HEALTHY_UPDATE_RATIO),
          "Update/weight ratio per layer per step (log axis). CS231n: about 1e-3 is healthy (dotted); the band is a "
-         "decade either side."),
+         "decade either side." + _zeros_note(run.records, "update_ratio")),
         (figures.layer_series(run.records, "grad_norm", ylabel="||∇w||", log=True),
-         "Gradient norm of each layer's weights."),
+         "Gradient norm of each layer's weights (log axis)." + _zeros_note(run.records, "grad_norm")),
         (figures.layer_series(run.records, "dead_fraction", ylabel="dead fraction", ylim=(-0.02, 1.02)),
          "Fraction of ReLU units that output zero for every example of the batch."),
         (figures.layer_series(run.records, "saturated_fraction", ylabel="saturated fraction", ylim=(-0.02, 1.02)),
@@ -293,9 +396,22 @@ def _monitors_section(run: RunFiles) -> str:
     body = "".join(figure(fig, caption) for fig, caption in panels if fig is not None)
     hist = figure(figures.activation_histograms(run.records),
                   "Activation histograms per layer at initialisation and at the end (the last sample with one).")
-    sampled = f"{len(run.records)} samples" + (f", one every {every} steps" if every else "")
+    sampled = f"{len(run.records)} sample{'s' if len(run.records) > 1 else ''}" + (f", one every {every} steps" if every else "")
     return (head + f'<p class="muted">Per-layer statistics from monitors.jsonl ({escape(sampled)}).</p>'
             f'<div class="grid">{body}</div>{hist}</section>')
+
+
+_ZERO_MEANS = {"grad_norm": "no gradient reaches those layers, the mark of a dead network",
+               "update_ratio": "those layers' weights did not move at all"}
+
+
+def _zeros_note(records: Sequence[dict[str, Any]], key: str) -> str:
+    """The caption's note on exact zeros, which a log axis draws on the grey band marked 0."""
+    zeros = figures.count_zeros(records, key)
+    if not zeros:
+        return ""
+    return (f" {zeros} sample{'s are' if zeros > 1 else ' is'} exactly 0 (drawn on the grey band marked 0): "
+            f"{_ZERO_MEANS[key]}.")
 
 
 def _weights_section(run: RunFiles) -> str:
@@ -341,27 +457,49 @@ def _samples_section(run: RunFiles) -> str:
 
 
 def _landscape_section(run: RunFiles) -> str:
-    """The loss landscape that ``babysit landscape`` left: its scalar results and figures/*.png."""
+    """The loss landscape that ``babysit landscape`` left: its verdict in a few sentences, its
+    figures (figures/*.png), then every number of landscape.json, rounded, in a fold."""
     if run.landscape is None and not run.landscape_figures:
         return ""
     parts = ['<section><h2 id="landscape">Loss landscape</h2>']
-    if run.landscape is not None:
-        rows = []
-        for key, value in flatten(run.landscape).items():
-            if isinstance(value, list):
-                if len(value) > 6 or any(isinstance(v, list) for v in value):
-                    continue  # a grid or a curve's values: the figures show them
-                value = json.dumps(value, default=str)
-            rows.append([escape(key), number(value)])
-        parts.append(table(["quantity", "value"], rows[:100]))
+    verdict = landscape_verdict(run.landscape) if run.landscape is not None else []
+    if verdict:
+        parts.append('<ul class="landscape-verdict">' + "".join(f"<li>{escape(line)}</li>" for line in verdict) + "</ul>")
     for png in run.landscape_figures:
         data = png.read_bytes()
         if not data.startswith(figures.PNG_SIGNATURE) or len(data) > MAX_LANDSCAPE_PNG:
             parts.append(f'<p class="muted">{escape(png.name)}: not embedded (not a PNG, or over {MAX_LANDSCAPE_PNG:,} bytes).</p>')
             continue
         parts.append(f'<figure><img src="{data_uri(data)}" alt="{escape(png.stem)}"><figcaption>{escape(png.name)}</figcaption></figure>')
+    if run.landscape is not None:
+        rows = [[f"<code>{escape(key)}</code>", escape(landscape_value(value))]
+                for key, value in list(flatten(run.landscape).items())[:MAX_LANDSCAPE_ROWS]]
+        parts.append(f"<details{' open' if not verdict else ''}><summary>Every quantity in landscape.json ({len(rows)}), "
+                     "to 3 significant digits</summary>" + table(["quantity", "value"], rows) + "</details>")
     parts.append("</section>")
     return "".join(parts)
+
+
+def _spec_section(run: RunFiles) -> str:
+    """config.yaml: the keys that apply to this model kind and data source, then the rest folded."""
+    head = '<section><h2 id="spec">Resolved spec</h2>'
+    shown, folded = split_spec(run.spec)
+    if not folded:
+        return head + f'<p class="muted">config.yaml: what actually ran.</p><pre>{escape(run.config_text)}</pre></section>'
+    try:
+        shown_text = yaml.safe_dump(shown, sort_keys=False, allow_unicode=True)
+        folded_text = yaml.safe_dump(folded, sort_keys=False, allow_unicode=True)
+    except yaml.YAMLError:
+        return head + f"<pre>{escape(run.config_text)}</pre></section>"
+    count = sum(len(values) for values in folded.values())
+    model, data = run.spec.get("model"), run.spec.get("data")
+    what = ", ".join(f"{name} {escape(values.get(key))}" for name, values, key in
+                     (("model.kind", model, "kind"), ("data.source", data, "source"))
+                     if isinstance(values, dict) and values.get(key) is not None)
+    return (head + f'<p class="muted">config.yaml: what actually ran, the keys that apply to this run ({what}).</p>'
+            f"<pre>{escape(shown_text)}</pre>"
+            f"<details><summary>{count} key{'s' if count > 1 else ''} that do not apply to {what} "
+            f"(their values are in config.yaml, unused)</summary><pre>{escape(folded_text)}</pre></details></section>")
 
 
 def run_page(run_dir: str | Path) -> str:
@@ -376,22 +514,18 @@ def run_page(run_dir: str | Path) -> str:
     True
     """
     run = read_run(run_dir)
-    nav = "".join(f'<a href="#{anchor}">{label}</a>' for anchor, label in (
-        ("findings", "findings"), ("curves", "curves"), ("layers", "layers"), ("samples", "samples"),
-        ("weights", "first layer"),
-        ("landscape", "landscape"), ("spec", "spec")))
-    body = "".join([
-        f"<nav>{nav}</nav>",
-        _header(run),
-        _findings_section(run),
-        _curves_section(run),
-        _monitors_section(run),
-        _samples_section(run),
-        _weights_section(run),
-        _landscape_section(run),
-        f'<section><h2 id="spec">Resolved spec</h2><p class="muted">config.yaml: what actually ran.</p>'
-        f"<pre>{escape(run.config_text)}</pre></section>",
-    ])
+    sections = [  # (anchor, link text, HTML): a section with nothing to show is "" and gets no link
+        ("data", "data", _data_section(run)),
+        ("findings", "findings", _findings_section(run)),
+        ("curves", "curves", _curves_section(run)),
+        ("layers", "layers", _monitors_section(run)),
+        ("samples", "samples", _samples_section(run)),
+        ("weights", "first layer", _weights_section(run)),
+        ("landscape", "landscape", _landscape_section(run)),
+        ("spec", "spec", _spec_section(run)),
+    ]
+    nav = "".join(f'<a href="#{anchor}">{label}</a>' for anchor, label, html in sections if f'id="{anchor}"' in html)
+    body = "".join([f"<nav>{nav}</nav>", _header(run), *(html for _, _, html in sections)])
     return page(f"babysit report: {run.name}", f"<main>{body}</main>")
 
 
@@ -547,5 +681,5 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     return write_page(Path(out), compare_page(run_dirs))
 
 
-__all__ = ["RunFiles", "compare", "compare_page", "data_uri", "differing_keys", "finding_figure",
-           "first_layer_weight", "flatten", "read_run", "render", "run_page"]
+__all__ = ["RunFiles", "compare", "compare_page", "data_uri", "differing_keys", "finding_figure", "first_sentence",
+           "first_layer_weight", "flatten", "read_run", "render", "run_page", "verdict_line"]

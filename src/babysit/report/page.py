@@ -45,6 +45,11 @@ pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
 .severity { text-transform: uppercase; font-size: 0.8em; font-weight: bold; }
 .error .severity { color: #c0392b; } .warning .severity { color: #9a7400; } .info .severity { color: #2f80c0; }
 .grid { display: flex; flex-wrap: wrap; gap: 1em; } .grid figure { flex: 1 1 28em; }
+.verdict { font-size: 1.1em; border-left: 6px solid #999; padding: 0.4em 1em; background: #fafafa; }
+.verdict.healthy { border-color: #2e8b57; background: #f0f8f2; } .verdict.warning { border-color: #e0a800; background: #fff8e1; }
+.verdict.error { border-color: #c0392b; background: #fdf0ee; }
+.alert { border-left: 6px solid #e0a800; background: #fff8e1; padding: 0.3em 1em; }
+details > summary { cursor: pointer; color: #444; }
 """
 
 

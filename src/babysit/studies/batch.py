@@ -63,35 +63,7 @@ def batch_study(quick: bool = False, progress: Progress | None = None, seed: int
                    if curve.reached_step is not None else f"loss {curve.final_loss:.3g} after {epochs} epochs")
         say(f"batch: {label:<18} {reached}")
 
-    by = {r["batch"]: r for r in rows}
-    full, single, mini = by["full batch"], by["single sample (1)"], by["mini-batch 32"]
-
-    def when(r: dict[str, Any]) -> str:
-        if r["epochs_to_target"] is None:
-            return f"{r['batch']} did not get there (loss {r['final_train_loss']:.3g})"
-        return f"{r['batch']} in {r['epochs_to_target']:.3g} epochs ({r['seconds_to_target']:.2g} s)"
-
-    conclusion = [f"To a training loss of {TARGET_LOSS} with plain SGD at lr {LR}: " + "; ".join(when(r) for r in rows) + "."]
-
-    def less(a: Any, b: Any) -> bool:  # a reached target and (b did not, or a is smaller)
-        return a is not None and (b is None or a < b)
-
-    checks = {
-        "mini_fewer_epochs_than_full": less(mini["epochs_to_target"], full["epochs_to_target"]),
-        "mini_less_time_than_full": less(mini["seconds_to_target"], full["seconds_to_target"]),
-        "single_fewest_epochs": less(single["epochs_to_target"], mini["epochs_to_target"]),
-        "mini_less_time_than_single": less(mini["seconds_to_target"], single["seconds_to_target"]),
-    }
-    conclusion.append(
-        f"per epoch: full batch takes 1 step, mini-batches of 32 take {mini['steps_per_epoch']}, a single sample "
-        f"{single['steps_per_epoch']:,}; an epoch cost {full['ms_per_epoch']:.3g} ms, {mini['ms_per_epoch']:.3g} ms "
-        f"and {single['ms_per_epoch']:.3g} ms."
-    )
-    conclusion.append(
-        "mini-batches of 32 reached the target in less wall time than both full batch and single samples."
-        if checks["mini_less_time_than_full"] and checks["mini_less_time_than_single"] else
-        "mini-batches were not the fastest in wall time here (timing depends on the machine; see the table)."
-    )
+    conclusion, checks = batch_conclusion(rows)
     return StudyResult(
         name="batch",
         title="Batch size: full batch, single sample and mini-batches",
@@ -118,3 +90,59 @@ def _figures(curves: dict[str, Any]) -> dict[str, Any]:
         "batch_loss_time": curves_figure(pick("time"), "training seconds", "training loss", log_y=True, log_x=True,
                                          hline=TARGET_LOSS, title="training loss against wall time"),
     }
+
+
+def batch_conclusion(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, bool]]:
+    """The conclusion lines and checks, computed from the table's rows only (``batch``,
+    ``steps_per_epoch``, ``epochs_to_target``, ``seconds_to_target``, ``ms_per_epoch``,
+    ``final_train_loss``): the batch sizes ranked by epochs and by seconds to the target, and
+    whether that is the order the claim expects.
+
+    Example
+    -------
+    >>> def r(batch, steps, epochs, seconds):
+    ...     return {"batch": batch, "steps_per_epoch": steps, "epochs_to_target": epochs,
+    ...             "seconds_to_target": seconds, "ms_per_epoch": 1.0, "final_train_loss": 0.2}
+    >>> rows = [r("full batch", 1, 150, 0.2), r("single sample (1)", 1294, 1.5, 0.5), r("mini-batch 32", 41, 3.7, 0.05)]
+    >>> batch_conclusion(rows)[0][2]
+    'least wall time to the target: mini-batch 32 (0.05 s), full batch (0.2 s), single sample (1) (0.5 s).'
+    """
+    by = {r["batch"]: r for r in rows}
+    full, single, mini = by["full batch"], by["single sample (1)"], by["mini-batch 32"]
+
+    def when(r: dict[str, Any]) -> str:
+        if r["epochs_to_target"] is None:
+            return f"{r['batch']} did not get there (loss {r['final_train_loss']:.3g})"
+        return f"{r['batch']} in {r['epochs_to_target']:.3g} epochs ({r['seconds_to_target']:.2g} s)"
+
+    def ranked(key: str, unit: str, fmt: str) -> str:
+        done = sorted((r for r in rows if r[key] is not None), key=lambda r: r[key])
+        never = [r["batch"] for r in rows if r[key] is None]
+        text = ", ".join(f"{r['batch']} ({r[key]:{fmt}} {unit})" for r in done)
+        return text + (f"; not reached: {', '.join(never)}" if never else "")
+
+    def less(a: Any, b: Any) -> bool:  # a reached target and (b did not, or a is smaller)
+        return a is not None and (b is None or a < b)
+
+    checks = {
+        "mini_fewer_epochs_than_full": less(mini["epochs_to_target"], full["epochs_to_target"]),
+        "mini_less_time_than_full": less(mini["seconds_to_target"], full["seconds_to_target"]),
+        "single_fewest_epochs": less(single["epochs_to_target"], mini["epochs_to_target"]),
+        "mini_less_time_than_single": less(mini["seconds_to_target"], single["seconds_to_target"]),
+    }
+    conclusion = [
+        f"To a training loss of {TARGET_LOSS} with plain SGD at lr {LR}: " + "; ".join(when(r) for r in rows) + ".",
+        f"fewest epochs to the target: {ranked('epochs_to_target', 'epochs', '.3g')}.",
+        f"least wall time to the target: {ranked('seconds_to_target', 's', '.2g')}.",
+        f"per epoch: full batch takes {full['steps_per_epoch']:,} step{'s' * (full['steps_per_epoch'] != 1)}, "
+        f"mini-batches of 32 take {mini['steps_per_epoch']:,}, a single sample {single['steps_per_epoch']:,}; an "
+        f"epoch cost {full['ms_per_epoch']:.3g} ms, {mini['ms_per_epoch']:.3g} ms and {single['ms_per_epoch']:.3g} ms.",
+    ]
+    per_epoch = checks["single_fewest_epochs"] and checks["mini_fewer_epochs_than_full"]
+    per_second = checks["mini_less_time_than_full"] and checks["mini_less_time_than_single"]
+    conclusion.append(
+        ("per epoch, the smaller batch made more progress, as the claim expects; " if per_epoch else
+         "per epoch, the smaller batch did not always make more progress here; ")
+        + ("per second, mini-batches of 32 were the fastest, as the claim expects." if per_second else
+           "per second, mini-batches of 32 were not the fastest here (timing depends on the machine; see the table)."))
+    return conclusion, checks

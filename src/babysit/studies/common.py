@@ -294,17 +294,60 @@ def study_page(result: StudyResult, pngs: dict[str, bytes]) -> str:
     return page(f"babysit study: {result.name}", body)
 
 
-def rich_table(result: StudyResult) -> Any:
-    """The study's table for the terminal."""
-    from rich.table import Table
+class FittedTable:
+    """A study's table as a rich renderable that never cuts or wraps a cell: only headers
+    wrap, at spaces. Each column is at least as wide as its longest cell and its header's
+    longest word; the width left over goes to the columns whose headers then fit on one line,
+    the nearest first. (rich's own layout shrinks the widest columns evenly, below their
+    minimum widths, and crops what no longer fits: an "optimizer" column read "opti…".)
+    Its measured minimum is that narrowest layout, so a console as wide as it shows it whole.
+    """
 
-    grid = Table(title=result.title, title_justify="left")
-    for key, header in result.columns:
-        text = all(isinstance(row.get(key), str) for row in result.rows)
-        grid.add_column(header, justify="left" if text else "right")
-    for row in result.rows:
-        grid.add_row(*[cell(row.get(key), key) for key, _ in result.columns])
-    return grid
+    def __init__(self, title: str, headers: list[str], cells: list[list[str]], left: list[bool]):
+        self.title, self.headers, self.cells, self.left = title, headers, cells, left
+        self.narrowest = [max([len(word) for word in header.split()] + [len(row[i]) for row in cells], default=1)
+                          for i, header in enumerate(headers)]
+        self.widest = [max([len(header)] + [len(row[i]) for row in cells]) for i, header in enumerate(headers)]
+
+    def _table(self, widths: list[int]) -> Any:
+        from rich import box
+        from rich.table import Table
+
+        table = Table(title=self.title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for header, width, left in zip(self.headers, widths, self.left, strict=True):
+            table.add_column(header, justify="left" if left else "right", width=width)
+        for row in self.cells:
+            table.add_row(*row)
+        return table
+
+    def _padding(self, console: Any, options: Any) -> int:
+        """The columns' padding and separators, as rich lays this table out."""
+        from rich.measure import Measurement
+
+        whole = Measurement.get(console, options.update_width(10**6), self._table(self.narrowest)).maximum
+        return whole - sum(self.narrowest)
+
+    def __rich_measure__(self, console: Any, options: Any) -> Any:
+        from rich.measure import Measurement
+
+        padding = self._padding(console, options)
+        return Measurement(sum(self.narrowest) + padding, sum(self.widest) + padding)
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        room = options.max_width - self._padding(console, options) - sum(self.narrowest)
+        widths = list(self.narrowest)
+        for i in sorted(range(len(widths)), key=lambda i: self.widest[i] - self.narrowest[i]):
+            grow = self.widest[i] - widths[i]
+            if grow <= room:  # the whole header on one line, or leave it wrapped
+                widths[i], room = self.widest[i], room - grow
+        yield self._table(widths)
+
+
+def rich_table(result: StudyResult) -> FittedTable:
+    """The study's table for the terminal (see :class:`FittedTable`): every cell whole."""
+    cells = [[cell(row.get(key), key) for key, _ in result.columns] for row in result.rows]
+    left = [all(isinstance(row.get(key), str) for row in result.rows) for key, _ in result.columns]
+    return FittedTable(result.title, [header for _, header in result.columns], cells, left)
 
 
 def steps_words(step: int | None, budget: int) -> str:

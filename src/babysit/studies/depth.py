@@ -29,9 +29,11 @@ from babysit.studies.plots import curves_figure
 VARIANTS = (("plain", False), ("residual", True))
 
 
-def _gradient_rms(record: dict[str, Any]) -> list[float]:
-    """The gradient RMS of every weight layer of a monitor record, input to output."""
-    return [entry["grad_rms"] for entry in record["layers"].values() if "grad_rms" in entry]
+def _gradient_rms(record: dict[str, Any], order: list[str]) -> list[float]:
+    """The gradient RMS of every weight layer of a monitor record, input to output (``order``:
+    the monitor's weight layers in the model's order; a record's own key order is not that)."""
+    layers = record["layers"]
+    return [layers[name]["grad_rms"] for name in order if "grad_rms" in layers.get(name, {})]
 
 
 def depth_study(quick: bool = False, progress: Progress | None = None, seed: int = 0) -> StudyResult:
@@ -57,8 +59,9 @@ def depth_study(quick: bool = False, progress: Progress | None = None, seed: int
                                every=every, target_acc=target, seed=seed, monitor=monitor)
         monitor.detach()
         records = monitor.records
-        at_init = _gradient_rms(records[0])
-        ratios = [g[0] / g[-1] for g in map(_gradient_rms, records) if g and g[-1] > 0]
+        order = [name for name, _ in monitor.weights]
+        at_init = _gradient_rms(records[0], order)
+        ratios = [g[0] / g[-1] for g in (_gradient_rms(r, order) for r in records) if g and g[-1] > 0]
         profiles[label] = at_init
         rows.append({"net": f"{label} ({depth} layers)", "grad_first_init": at_init[0], "grad_last_init": at_init[-1],
                      "ratio_init": at_init[0] / at_init[-1], "ratio_median": statistics.median(ratios),
@@ -68,24 +71,7 @@ def depth_study(quick: bool = False, progress: Progress | None = None, seed: int
         say(f"depth: {label:<8} first/last layer gradient at init {at_init[0] / at_init[-1]:.2g}, "
             f"{steps_words(curve.reached_step, budget)} to {target:.0%} validation accuracy ({curve.seconds:.1f} s)")
 
-    plain, residual = rows
-    if plain["grad_first_init"] > 0:
-        more = f"{residual['grad_first_init'] / plain['grad_first_init']:.3g}x more gradient"
-    else:
-        more = "a gradient where the plain net's underflows to exactly 0 in float32"
-    conclusion = [
-        f"At init the first hidden layer's gradient RMS is {plain['ratio_init']:.2g}x the output layer's in the plain "
-        f"{depth}-layer {activation} net and {residual['ratio_init']:.2g}x in the residual one: the first layer "
-        f"gets {more} through the skips.",
-        f"plain: {steps_words(plain['steps_to_target'], budget)} to {target:.0%} validation accuracy (final "
-        f"{plain['final_val_acc']:.1%}); residual: {steps_words(residual['steps_to_target'], budget)} (final "
-        f"{residual['final_val_acc']:.1%}).",
-    ]
-    checks = {
-        "residual_first_layer_gradient_larger": residual["grad_first_init"] > 100 * plain["grad_first_init"],
-        "plain_gradient_vanishes": plain["ratio_init"] < 1e-3,
-        "residual_trains_better": residual["final_val_acc"] > plain["final_val_acc"],
-    }
+    conclusion, checks = depth_conclusion(rows, depth, activation, target, budget)
     return StudyResult(
         name="depth",
         title="Depth: plain against residual deep nets",
@@ -112,3 +98,49 @@ def _figures(profiles: dict[str, list[float]], curves: dict[str, Any], target: f
         "depth_accuracy": curves_figure(accuracy, "steps", "validation accuracy", hline=target,
                                         title="validation accuracy"),
     }
+
+
+VANISHED = 1e-3  # the first layer's gradient RMS below this fraction of the output layer's: vanished
+SKIP_GAIN = 100.0  # the residual net's first layer gets at least this many times the plain net's gradient
+
+
+def depth_conclusion(rows: list[dict[str, Any]], depth: int, activation: str, target: float,
+                     budget: int) -> tuple[list[str], dict[str, bool]]:
+    """The conclusion lines and checks, computed from the table's two rows (plain, then
+    residual: ``grad_first_init``, ``ratio_init``, ``steps_to_target``, ``final_val_acc``):
+    whether the plain net's gradient vanished, how much more the skips carry, which net
+    trained further, each as measured.
+
+    Example
+    -------
+    >>> def r(first, ratio, steps, acc):
+    ...     return {"grad_first_init": first, "ratio_init": ratio, "steps_to_target": steps, "final_val_acc": acc}
+    >>> lines, checks = depth_conclusion([r(0.01, 1.5, 300, 0.93), r(0.01, 1.7, 600, 0.92)], 20, "sigmoid", 0.9, 1000)
+    >>> print(lines[0])
+    At init the first hidden layer's gradient RMS is 1.5x the output layer's in the plain 20-layer sigmoid net and 1.7x in the residual one: it does not vanish in the plain net here, and the first layer gets 1x the plain net's gradient through the skips.
+    >>> checks["plain_gradient_vanishes"], checks["residual_trains_better"]
+    (False, False)
+    """
+    plain, residual = rows
+    checks = {
+        "residual_first_layer_gradient_larger": residual["grad_first_init"] > SKIP_GAIN * plain["grad_first_init"],
+        "plain_gradient_vanishes": plain["ratio_init"] < VANISHED,
+        "residual_trains_better": residual["final_val_acc"] > plain["final_val_acc"],
+    }
+    if plain["grad_first_init"] > 0:
+        more = f"{residual['grad_first_init'] / plain['grad_first_init']:.3g}x the plain net's gradient"
+    else:
+        more = "a gradient where the plain net's underflows to exactly 0 in float32"
+    vanish = ("it has vanished in the plain net" if checks["plain_gradient_vanishes"] else
+              "it does not vanish in the plain net here")
+    conclusion = [
+        f"At init the first hidden layer's gradient RMS is {plain['ratio_init']:.2g}x the output layer's in the plain "
+        f"{depth}-layer {activation} net and {residual['ratio_init']:.2g}x in the residual one: {vanish}, and the "
+        f"first layer gets {more} through the skips.",
+        f"plain: {steps_words(plain['steps_to_target'], budget)} to {target:.0%} validation accuracy (final "
+        f"{plain['final_val_acc']:.1%}); residual: {steps_words(residual['steps_to_target'], budget)} (final "
+        f"{residual['final_val_acc']:.1%}): "
+        + ("the residual net trained further." if checks["residual_trains_better"] else
+           "the residual net did not train further than the plain one here."),
+    ]
+    return conclusion, checks

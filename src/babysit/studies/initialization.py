@@ -94,32 +94,7 @@ def init_study(quick: bool = False, progress: Progress | None = None, seed: int 
             })
             say(f"init: {activation:<4} {label:<24} activation std layer 1 {first:.3g}, layer {depth} {last:.3g}")
 
-    def row(net: str, init: str) -> dict[str, Any]:
-        return next(r for r in rows if r["net"] == f"10-layer {net}" and r["init"].startswith(init))
-
-    tanh_small, tanh_large, tanh_xavier = row("tanh", "small"), row("tanh", "large"), row("tanh", "xavier")
-    relu_xavier, relu_kaiming = row("relu", "xavier"), row("relu", "kaiming")
-    checks = {
-        "small_init_collapses_tanh": tanh_small["std_ratio"] < 1e-2,
-        "large_init_saturates_tanh": (tanh_large["saturated_or_dead_last"] or 0.0) > 0.5,
-        "xavier_keeps_tanh_alive": tanh_xavier["std_ratio"] > 0.1,
-        "kaiming_keeps_relu_std": 0.5 < relu_kaiming["std_ratio"] < 2.0,
-        "xavier_shrinks_relu": relu_xavier["std_ratio"] < 0.5 * relu_kaiming["std_ratio"],
-    }
-    conclusion = [
-        f"10-layer tanh, small normal init: the activation std falls from {tanh_small['std_first']:.3g} at layer 1 "
-        f"to {tanh_small['std_last']:.3g} at layer {depth} ({tanh_small['std_ratio']:.2g}x): the activations collapse.",
-        f"10-layer tanh, large normal init: {tanh_large['saturated_or_dead_last']:.0%} of the last layer's units "
-        "are saturated at -1 or 1 (their gradient is near 0).",
-        f"10-layer tanh, xavier: std {tanh_xavier['std_first']:.3g} at layer 1, {tanh_xavier['std_last']:.3g} at layer "
-        f"{depth} ({tanh_xavier['std_ratio']:.2g}x): alive through every layer.",
-        f"10-layer relu, kaiming: std {relu_kaiming['std_first']:.3g} at layer 1, {relu_kaiming['std_last']:.3g} at "
-        f"layer {depth} ({relu_kaiming['std_ratio']:.2g}x): constant, as He et al. 2015 derive; xavier (no gain) "
-        f"shrinks it to {relu_xavier['std_ratio']:.2g}x.",
-    ]
-    if not all(checks.values()):
-        failed = ", ".join(k for k, v in checks.items() if not v)
-        conclusion.append(f"not reproduced here: {failed}.")
+    conclusion, checks = init_conclusion(rows, depth)
     return StudyResult(
         name="init",
         title="Initialisation: activation statistics layer by layer at init",
@@ -150,3 +125,68 @@ def _figures(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
                                            "hidden layer", "gradient RMS at the activation", log_y=True,
                                            title="backpropagated gradient per layer at init"),
     }
+
+
+# what each claim needs of the numbers (the checks and the words use the same thresholds)
+COLLAPSED = 1e-2  # the last layer's std below this fraction of the first's: collapsed
+SATURATED = 0.5  # more than half the last layer's tanh units at |a| > 0.99: saturated
+ALIVE = 0.1  # the last layer's std above this fraction of the first's: alive
+CONSTANT = (0.5, 2.0)  # the last layer's std within this factor of the first's: constant
+
+
+def init_conclusion(rows: list[dict[str, Any]], depth: int) -> tuple[list[str], dict[str, bool]]:
+    """The conclusion lines and checks, computed from the table's rows only (``net``,
+    ``init``, ``std_first``, ``std_last``, ``std_ratio``, ``saturated_or_dead_last``): each
+    line says what the numbers show, and whether that is what the claim expects.
+
+    Example
+    -------
+    >>> def r(net, init, first, last, unit):
+    ...     return {"net": f"10-layer {net}", "init": init, "std_first": first, "std_last": last,
+    ...             "std_ratio": last / first, "saturated_or_dead_last": unit}
+    >>> rows = [r("tanh", "small normal", 0.16, 1e-8, 0.0), r("tanh", "large normal", 0.97, 0.97, 0.9),
+    ...         r("tanh", "xavier", 0.6, 0.2, 0.0), r("relu", "xavier", 0.6, 0.03, 0.2), r("relu", "kaiming", 0.8, 0.9, 0.2)]
+    >>> lines, checks = init_conclusion(rows, 10)
+    >>> lines[0]
+    '10-layer tanh, small normal init: the activation std falls from 0.16 at layer 1 to 1e-08 at layer 10 (6.2e-08x): the activations collapse.'
+    >>> all(checks.values())
+    True
+    """
+    def row(net: str, init: str) -> dict[str, Any]:
+        return next(r for r in rows if r["net"] == f"10-layer {net}" and r["init"].startswith(init))
+
+    tanh_small, tanh_large, tanh_xavier = row("tanh", "small"), row("tanh", "large"), row("tanh", "xavier")
+    relu_xavier, relu_kaiming = row("relu", "xavier"), row("relu", "kaiming")
+    saturated = tanh_large["saturated_or_dead_last"] or 0.0
+    checks = {
+        "small_init_collapses_tanh": tanh_small["std_ratio"] < COLLAPSED,
+        "large_init_saturates_tanh": saturated > SATURATED,
+        "xavier_keeps_tanh_alive": tanh_xavier["std_ratio"] > ALIVE,
+        "kaiming_keeps_relu_std": CONSTANT[0] < relu_kaiming["std_ratio"] < CONSTANT[1],
+        "xavier_shrinks_relu": relu_xavier["std_ratio"] < 0.5 * relu_kaiming["std_ratio"],
+    }
+
+    def std_path(r: dict[str, Any]) -> str:
+        return (f"the activation std {'falls' if r['std_last'] < r['std_first'] else 'rises'} from {r['std_first']:.3g} "
+                f"at layer 1 to {r['std_last']:.3g} at layer {depth} ({r['std_ratio']:.2g}x)")
+
+    kaiming_words = ("constant, as He et al. 2015 derive" if checks["kaiming_keeps_relu_std"] else
+                     f"not constant (outside {CONSTANT[0]:g}x..{CONSTANT[1]:g}x), unlike He et al. 2015's derivation")
+    xavier_relu_words = (f"xavier (no gain) shrinks it to {relu_xavier['std_ratio']:.2g}x"
+                         if checks["xavier_shrinks_relu"] else
+                         f"xavier (no gain) ends at {relu_xavier['std_ratio']:.2g}x, not below half of kaiming's")
+    conclusion = [
+        f"10-layer tanh, small normal init: {std_path(tanh_small)}: "
+        + ("the activations collapse." if checks["small_init_collapses_tanh"] else
+           f"they do not collapse here (the claim expects below {COLLAPSED:g}x)."),
+        f"10-layer tanh, large normal init: {saturated:.0%} of the last layer's units are saturated at -1 or 1"
+        + (" (their gradient is near 0)." if checks["large_init_saturates_tanh"] else
+           f": not the saturated net the claim expects (more than {SATURATED:.0%})."),
+        f"10-layer tanh, xavier: {std_path(tanh_xavier)}: "
+        + ("alive through every layer." if checks["xavier_keeps_tanh_alive"] else
+           f"it fades (the claim expects above {ALIVE:g}x)."),
+        f"10-layer relu, kaiming: {std_path(relu_kaiming)}: {kaiming_words}; {xavier_relu_words}.",
+    ]
+    if not all(checks.values()):
+        conclusion.append(f"not reproduced here: {', '.join(k for k, v in checks.items() if not v)}.")
+    return conclusion, checks

@@ -74,21 +74,7 @@ def normalization_study(quick: bool = False, progress: Progress | None = None, s
             f", best validation accuracy {best['val_acc']:.1%} at lr {best['lr']}" if best else
             f"normalization: {norm:<6} no stable lr")
 
-    by = {r["norm"]: r for r in rows}
-    none_lr = by["none"]["largest_stable_lr"] or 0.0
-    batch_lr = by["batch"]["largest_stable_lr"] or 0.0
-    conclusion = ["largest stable learning rate: " + ", ".join(
-        f"{r['norm']} {r['largest_stable_lr']:g}" if r["largest_stable_lr"] else f"{r['norm']} none" for r in rows) + "."]
-    if batch_lr > none_lr:
-        conclusion.append(f"batch norm trained stably at lr {batch_lr:g}, {batch_lr / none_lr:.3g}x the largest rate "
-                          f"without normalization ({none_lr:g}), as Ioffe & Szegedy 2015 report." if none_lr else
-                          f"batch norm trained stably up to lr {batch_lr:g}; without normalization no rate was stable.")
-    else:
-        conclusion.append("batch norm did not tolerate a larger rate than no normalization here.")
-    conclusion.append("best validation accuracy: " + ", ".join(
-        f"{r['norm']} {r['best_val_acc']:.1%} (lr {r['best_lr']:g})" for r in rows if r["best_val_acc"] is not None) + ".")
-    checks = {"batch_tolerates_larger_lr": batch_lr > none_lr,
-              "layer_tolerates_larger_lr": (by["layer"]["largest_stable_lr"] or 0.0) > none_lr}
+    conclusion, checks = normalization_conclusion(rows)
     return StudyResult(
         name="normalization",
         title="Normalization: the largest stable learning rate",
@@ -115,3 +101,44 @@ def _figures(sweeps: dict[str, Any]) -> dict[str, Any]:
         "normalization_accuracy_lr": curves_figure(accuracy, "learning rate", "validation accuracy (stable runs)",
                                                    log_x=True, title="validation accuracy against learning rate"),
     }
+
+
+def normalization_conclusion(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, bool]]:
+    """The conclusion lines and checks, computed from the table's rows only (``norm``,
+    ``largest_stable_lr``, ``best_val_acc``, ``best_lr``): each normalization's largest stable
+    rate against the unnormalized net's, as a ratio, with the direction it went.
+
+    Example
+    -------
+    >>> rows = [{"norm": n, "largest_stable_lr": lr, "best_val_acc": 0.9, "best_lr": 0.01}
+    ...         for n, lr in (("none", 0.3), ("batch", 0.03), ("layer", 0.3))]
+    >>> print(normalization_conclusion(rows)[0][1])
+    batch norm's largest stable rate, 0.03, is 0.1x the largest without normalization (0.3): lower, not the higher rate Ioffe & Szegedy 2015 report.
+    """
+    by = {r["norm"]: r for r in rows}
+    none_lr = by["none"]["largest_stable_lr"]
+    conclusion = ["largest stable learning rate: " + ", ".join(
+        f"{r['norm']} {r['largest_stable_lr']:g}" if r["largest_stable_lr"] else f"{r['norm']} none" for r in rows) + "."]
+    for r in rows:
+        if r["norm"] == "none":
+            continue
+        lr, name = r["largest_stable_lr"], f"{r['norm']} norm"
+        if not lr:
+            line = f"{name}: no rate was stable" + (f", where without normalization {none_lr:g} was." if none_lr else ".")
+        elif not none_lr:
+            line = f"{name} trained stably up to lr {lr:g}; without normalization no rate was stable."
+        elif lr > none_lr:
+            line = f"{name} trained stably at lr {lr:g}, {lr / none_lr:.3g}x the largest rate without normalization ({none_lr:g})."
+        elif lr == none_lr:
+            line = f"{name}'s largest stable rate is the same as without normalization ({lr:g})."
+        else:
+            line = f"{name}'s largest stable rate, {lr:g}, is {lr / none_lr:.3g}x the largest without normalization ({none_lr:g}): lower."
+        if r["norm"] == "batch":
+            line = line.rstrip(".") + (", as Ioffe & Szegedy 2015 report." if lr and (not none_lr or lr > none_lr) else
+                                       ", not the higher rate Ioffe & Szegedy 2015 report.")
+        conclusion.append(line)
+    conclusion.append("best validation accuracy: " + ", ".join(
+        f"{r['norm']} {r['best_val_acc']:.1%} (lr {r['best_lr']:g})" for r in rows if r["best_val_acc"] is not None) + ".")
+    checks = {"batch_tolerates_larger_lr": (by["batch"]["largest_stable_lr"] or 0.0) > (none_lr or 0.0),
+              "layer_tolerates_larger_lr": (by["layer"]["largest_stable_lr"] or 0.0) > (none_lr or 0.0)}
+    return conclusion, checks

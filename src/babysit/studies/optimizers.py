@@ -77,30 +77,7 @@ def optimizers_study(quick: bool = False, progress: Progress | None = None, seed
         say(f"optimizers: {label:<9} train loss {curve.final_loss:.4f} after {curve.steps} steps "
             f"({curve.seconds:.2f} s), test accuracy {curve.points[-1]['test_acc']:.1%}")
 
-    by = {r["optimizer"]: r for r in rows}
-    sgd = by["sgd"]["final_train_loss"]
-    fastest = min(rows, key=lambda r: r["final_train_loss"])
-    conclusion = [
-        f"Full-batch steps to a training loss of {TARGET_LOSS}: "
-        + ", ".join(f"{r['optimizer']} {steps_words(r['steps_to_target'], r['steps'])}"
-                    + (f" ({r['seconds_to_target']:.2g} s)" if r["seconds_to_target"] is not None else "")
-                    for r in rows) + ".",
-        f"After {steps} steps the training loss was {sgd:.3g} for plain sgd; "
-        f"momentum reached {sgd / by['momentum']['final_train_loss']:.3g}x and adam "
-        f"{sgd / by['adam']['final_train_loss']:.3g}x lower training loss than plain sgd in the same steps.",
-        f"lowest loss: {fastest['optimizer']} ({fastest['final_train_loss']:.3g} after {fastest['steps']} steps); "
-        f"per step newton cost "
-        f"{by['newton']['ms_per_step']:.3g} ms and lbfgs {by['lbfgs']['ms_per_step']:.3g} ms against sgd's "
-        f"{by['sgd']['ms_per_step']:.3g} ms.",
-        f"final test accuracy: adam {by['adam']['test_acc']:.1%}, sgd {by['sgd']['test_acc']:.1%}, momentum "
-        f"{by['momentum']['test_acc']:.1%}.",
-        _generalisation_line(by, len(splits.test)),
-    ]
-    checks = {
-        "momentum_beats_sgd": by["momentum"]["final_train_loss"] < sgd,
-        "adam_beats_sgd": by["adam"]["final_train_loss"] < sgd,
-        "newton_fewer_steps": by["newton"]["final_train_loss"] < sgd,
-    }
+    conclusion, checks = optimizers_conclusion(rows, len(splits.test))
     parameters = sum(p.numel() for p in nets.build(model_spec, splits.input_shape, splits.num_classes).parameters())
     return StudyResult(
         name="optimizers",
@@ -121,6 +98,84 @@ def optimizers_study(quick: bool = False, progress: Progress | None = None, seed
 
 
 ADAPTIVE, SGD_FAMILY = ("adam", "adamw", "rmsprop"), ("sgd", "momentum", "nesterov")
+FIRST_ORDER = (*SGD_FAMILY, *ADAPTIVE, "quickprop")
+SECOND_ORDER = ("newton", "lbfgs")
+
+
+def _times(a: float, b: float) -> str:
+    """``a`` against ``b`` as 'N x lower' or 'N x higher' (or 'the same')."""
+    if a == b:
+        return "the same"
+    return f"{b / a:.3g}x lower" if a < b else f"{a / b:.3g}x higher"
+
+
+def optimizers_conclusion(rows: list[dict[str, Any]], test_examples: int) -> tuple[list[str], dict[str, bool]]:
+    """The conclusion lines and checks, computed from the table's rows only (``optimizer``,
+    ``steps_to_target``, ``seconds_to_target``, ``steps``, ``final_train_loss``,
+    ``ms_per_step``, ``test_acc``, ``test_acc_at_target``): every comparison with its ratio
+    and its direction as measured.
+
+    Example
+    -------
+    >>> rows = [{"optimizer": n, "steps_to_target": t, "seconds_to_target": None, "steps": 200,
+    ...          "final_train_loss": loss, "ms_per_step": ms, "test_acc": 0.9, "test_acc_at_target": None}
+    ...         for n, t, loss, ms in (("sgd", None, 0.1, 0.5), ("momentum", None, 0.4, 0.5), ("adam", None, 0.05, 0.5),
+    ...                                ("newton", None, 0.2, 80.0))]
+    >>> lines, checks = optimizers_conclusion(rows, 180)
+    >>> lines[1]
+    'training loss after the same budget: sgd 0.1 after 200 steps; momentum 0.4 after 200 steps (4x higher than sgd), adam 0.05 after 200 steps (2x lower than sgd).'
+    >>> checks["momentum_beats_sgd"], checks["adam_beats_sgd"]
+    (False, True)
+    """
+    by = {r["optimizer"]: r for r in rows}
+    sgd = by["sgd"]
+    target = TARGET_LOSS
+    conclusion = [
+        f"Full-batch steps to a training loss of {target}: "
+        + ", ".join(f"{r['optimizer']} {steps_words(r['steps_to_target'], r['steps'])}"
+                    + (f" ({r['seconds_to_target']:.2g} s)" if r["seconds_to_target"] is not None else "")
+                    for r in rows) + ".",
+    ]
+    others = [by[n] for n in ("momentum", "nesterov", "adam", "rmsprop") if n in by]
+    conclusion.append(
+        f"training loss after the same budget: sgd {sgd['final_train_loss']:.3g} after {sgd['steps']} steps; "
+        + ", ".join(f"{r['optimizer']} {r['final_train_loss']:.3g} after {r['steps']} steps "
+                    f"({_times(r['final_train_loss'], sgd['final_train_loss'])} than sgd)" for r in others) + ".")
+    lowest = min(rows, key=lambda r: r["final_train_loss"])
+    conclusion.append(f"lowest training loss: {lowest['optimizer']} ({lowest['final_train_loss']:.3g} after "
+                      f"{lowest['steps']} steps).")
+    reached = {r["optimizer"]: r for r in rows if r["steps_to_target"] is not None}
+    first = [reached[n] for n in FIRST_ORDER if n in reached]
+    second = [reached[n] for n in SECOND_ORDER if n in reached]
+    fewer_steps = dearer = False
+    if first and second:
+        quickest = min(first, key=lambda r: r["steps_to_target"])
+        parts = []
+        for r in second:
+            fewer = r["steps_to_target"] < quickest["steps_to_target"]
+            fewer_steps = fewer_steps or fewer
+            dearer = dearer or r["ms_per_step"] > quickest["ms_per_step"]
+            parts.append(f"{r['optimizer']} {r['steps_to_target']:,} steps at {r['ms_per_step']:.3g} ms each "
+                         f"({'fewer' if fewer else 'no fewer'} steps, {r['ms_per_step'] / quickest['ms_per_step']:.3g}x "
+                         "the time per step)")
+        in_time = min(reached.values(), key=lambda r: r["seconds_to_target"])
+        conclusion.append(
+            f"to a loss of {target}, the quickest first-order method, {quickest['optimizer']}, took "
+            f"{quickest['steps_to_target']:,} steps at {quickest['ms_per_step']:.3g} ms each; " + "; ".join(parts)
+            + f". Least wall time to it: {in_time['optimizer']} ({in_time['seconds_to_target']:.2g} s).")
+    else:
+        conclusion.append(f"the second-order methods cannot be compared in steps to a loss of {target}: "
+                          + ("no first-order method" if not first else "no second-order method") + " reached it.")
+    conclusion.append("final test accuracy: " + ", ".join(
+        f"{name} {by[name]['test_acc']:.1%}" for name in ("sgd", "momentum", "adam") if name in by) + ".")
+    conclusion.append(_generalisation_line(by, test_examples))
+    checks = {
+        "momentum_beats_sgd": by["momentum"]["final_train_loss"] < sgd["final_train_loss"],
+        "adam_beats_sgd": by["adam"]["final_train_loss"] < sgd["final_train_loss"],
+        "newton_fewer_steps": by["newton"]["final_train_loss"] < sgd["final_train_loss"],
+        "second_order_fewer_but_dearer_steps": fewer_steps and dearer,
+    }
+    return conclusion, checks
 
 
 def _generalisation_line(by: dict[str, dict[str, Any]], test_examples: int) -> str:
@@ -128,7 +183,7 @@ def _generalisation_line(by: dict[str, dict[str, Any]], test_examples: int) -> s
     accuracy measured when each run's training loss first reached TARGET_LOSS. A difference
     within two binomial standard errors of the test set is called no difference."""
     def mean_at_target(names: tuple[str, ...]) -> tuple[float | None, list[str]]:
-        reached = [n for n in names if by[n]["test_acc_at_target"] is not None]
+        reached = [n for n in names if n in by and by[n]["test_acc_at_target"] is not None]
         if not reached:
             return None, reached
         return sum(by[n]["test_acc_at_target"] for n in reached) / len(reached), reached

@@ -114,6 +114,13 @@ from babysit.tune.storage import (
     open_study,
 )
 
+# What a spec without a search section is told to add: YAML's block form, the line "search:"
+# and under it one indented line a key, quoted here so it can be pasted line by line. (The
+# flow form, search: {optimizer.lr: loguniform(1e-4, 1)}, cuts each distribution at its comma.)
+SEARCH_EXAMPLE = ("search:", "  optimizer.lr: loguniform(1e-4, 1)", "  optimizer.weight_decay: loguniform(1e-6, 1e-2)")
+NO_SEARCH_SECTION = (f"search: the spec has no search section; add one in YAML block form, the line '{SEARCH_EXAMPLE[0]}' "
+                     f"and under it one indented line a key: {' and '.join(repr(line) for line in SEARCH_EXAMPLE[1:])} "
+                     "(not {...} on one line: YAML cuts each distribution there at its comma)")
 FAILURES_IN_A_ROW = 3  # a search stops when this many trials in a row fail (a user error, or a TrialFailed)
 _SURPLUS = "surplus"  # user attribute of a trial created after the study had its number of trials
 _DataCache = DataCache  # its name before the split (tests use it)
@@ -176,21 +183,53 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+def stop_behind(exc: BaseException | None) -> BaseException | None:
+    """The Ctrl-C or exit that ``exc`` was raised while unwinding, if any: a KeyboardInterrupt,
+    a SystemExit, or the CLI's own interrupt, found along the exceptions' ``__context__``.
+
+    A Ctrl-C can land inside a library's cleanup code, whose own error then replaces it:
+    Optuna's journal-file lock, interrupted as it releases, raises FileNotFoundError in its
+    ``except BaseException`` branch. That error is the user's stop, not a failed trial.
+
+    Example
+    -------
+    >>> try:
+    ...     try:
+    ...         raise KeyboardInterrupt
+    ...     except BaseException:
+    ...         raise FileNotFoundError("lock.rename")
+    ... except FileNotFoundError as exc:
+    ...     type(stop_behind(exc)).__name__
+    'KeyboardInterrupt'
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if not isinstance(exc, Exception | GeneratorExit):
+            return exc
+        exc = exc.__context__
+    return None
+
+
 @contextlib.contextmanager
 def _failing_trial(trial: optuna.Trial) -> Iterator[None]:
     """Where the drawn values meet the data and the network, what goes wrong fails this trial
     with its reason in one line (the trial's ``fail_reason``): babysit's refusals as they are,
     any other exception as :func:`failure_reason` (raised as :class:`TrialFailed`, which
     :func:`run_stage` has Optuna catch). MemoryError, Ctrl-C and exits are not a trial's
-    failure: they stop the search."""
+    failure: they stop the search, also when a library's cleanup turned them into an error of
+    its own on the way (:func:`stop_behind`)."""
     try:
         yield
-    except BabysitError as exc:
-        trial.set_user_attr("fail_reason", str(exc))
-        raise
-    except MemoryError:
-        raise
     except Exception as exc:  # noqa: BLE001 (one trial's values broke something: the others may not)
+        stop = stop_behind(exc)
+        if stop is not None:
+            raise stop from None
+        if isinstance(exc, MemoryError):
+            raise
+        if isinstance(exc, BabysitError):
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
         reason = failure_reason(exc)
         trial.set_user_attr("fail_reason", reason)
         raise TrialFailed(reason) from exc
@@ -345,8 +384,7 @@ def search(
     when the name ends in ``-search``) and returns the result.
     """
     if not spec.search:
-        raise BabysitError("search: the spec has no search section; add one, e.g. "
-                           "search: {optimizer.lr: loguniform(1e-4, 1), optimizer.weight_decay: loguniform(1e-6, 1e-2)}")
+        raise BabysitError(NO_SEARCH_SECTION)
     if trials < 1:
         raise BabysitError(f"--trials: must be >= 1; got {trials}")
     if folds is not None and folds < 2:
@@ -371,7 +409,8 @@ def search(
     data = DataCache(folds)
     splits = data.splits(trial_spec(spec, {}, spec.run_name))  # data problems show now, in one line
     metric = score_metric_of(spec, splits[0].task)
-    epochs = spec.train.epochs * (folds or 1)
+    epochs = spec.train.epochs
+    budget = f"up to {epochs} epoch{'s' * (epochs != 1)} " + (f"per fold, {folds} folds" if folds else "each")
 
     refined = None
     with _optuna_quiet():
@@ -381,7 +420,7 @@ def search(
         coarse = Stage("coarse", open_study(store, name, chosen, make_pruner(spec.train.epochs), metric), space, n,
                        out / "trials", metric)
         check_same_space(coarse.study, spec.search, name)
-        _say(stream, quiet, f"search: study {name!r} in {storage_name}, {n} trials of up to {epochs} epochs, "
+        _say(stream, quiet, f"search: study {name!r} in {storage_name}, {n} trials of {budget}, "
              f"{sampler} sampler, scored by {metric} ({'higher' if metric == 'val_acc' else 'lower'} is better)")
         run_stage(coarse, spec, data, out, stream, quiet)
         stages = [coarse]
@@ -462,13 +501,65 @@ def _collect(spec: Experiment, name: str, storage_name: str, out: Path, space: d
             if t.state == TrialState.FAIL:
                 row["pruned_reason"] = t.user_attrs.get("fail_reason", "failed")
             rows.append(row)
-    sign = -1.0 if metric == "val_acc" else 1.0
     complete = [r for r in rows if r["state"] == "complete" and _finite(r["score"])]
-    best = min(complete, key=lambda r: sign * r["score"]) if complete else None
+    best = min(complete, key=lambda r: _rank(r, metric)) if complete else None
     best_params = {key: best[key] for key in space} if best else {}
     return SearchResult(study=name, storage=storage_name, out=out, space=space, rows=rows, metric=metric,
                         best_params=best_params, best_value=best["score"] if best else None, best_trial=best,
                         best_spec=best_spec(spec, best_params) if best else None, refine_space=refined)
+
+
+def _rank(row: dict[str, Any], metric: str) -> tuple[float, float]:
+    """How trials are ordered, best first: by the score; among equal validation accuracies
+    (a small validation set has few values to give), by the lower validation loss. Equal
+    ranks keep the trials' order: the first of them is picked."""
+    if metric == "val_acc":
+        return -row["score"], row["val_loss"] if _finite(row.get("val_loss")) else math.inf
+    return row["score"], 0.0
+
+
+def _score_text(metric: str, value: float) -> str:
+    """A score as the table and the lines show it (two decimals of a percent, or four of a loss)."""
+    return f"{value:.2%}" if metric == "val_acc" else f"{value:.4f}"
+
+
+def tie_line(result: SearchResult) -> str | None:
+    """When several finished trials show the best score (equal as printed), a line naming
+    them and saying how the best was picked among them; None when the best stands alone.
+
+    Example
+    -------
+    >>> rows = [{"stage": "coarse", "trial": t, "state": "complete", "score": 0.9, "val_acc": 0.9, "val_loss": l,
+    ...          "epochs": 5} for t, l in ((0, 0.31), (1, 0.25), (2, 0.4))]
+    >>> result = SearchResult("s", "journal", Path("."), {}, rows, "val_acc", {}, 0.9, rows[1], None)
+    >>> print(tie_line(result))
+    3 trials tie at val_acc 90.00% (trials 0, 1, 2); picked trial 1, the one with the lowest val_loss (0.2500); a larger validation split (data.val_fraction) or --folds K would tell them apart
+    """
+    best = result.best_trial
+    if best is None:
+        return None
+    shown = _score_text(result.metric, best["score"])
+    tied = [r for r in result.rows
+            if r["state"] == "complete" and _finite(r["score"]) and _score_text(result.metric, r["score"]) == shown]
+    if len(tied) < 2:
+        return None
+    stages = len({r["stage"] for r in tied}) > 1
+
+    def name(row: dict[str, Any]) -> str:
+        return f"{row['stage']} {row['trial']}" if stages else str(row["trial"])
+
+    ranks = [_rank(r, result.metric) for r in tied]
+    mine = _rank(best, result.metric)
+    if ranks.count(mine) > 1:
+        why = "the first of them"
+    elif sum(rank[0] == mine[0] for rank in ranks) > 1:
+        why = f"the one with the lowest val_loss ({best['val_loss']:.4f})"
+    else:
+        unrounded = best["score"] * 100 if result.metric == "val_acc" else best["score"]
+        why = f"the best before rounding ({result.metric} {unrounded:.6g}{'%' if result.metric == 'val_acc' else ''})"
+    return (f"{len(tied)} trials tie at {result.metric} {shown} (trials {', '.join(name(r) for r in tied)}); "
+            f"picked trial {name(best)}, {why}; a larger validation split (data.val_fraction) or --folds K would "
+            "tell them apart")
 
 
 # --------------------------------------------------------------------------- output
@@ -516,6 +607,20 @@ def search_figure(result: SearchResult) -> Any:
     key (log x axis for log ranges): finished trials as dots (the best as a star), pruned ones
     as grey crosses at the best they reached, clipped to the edge of the panel when off it."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    def log_ticks(ax: Any, low: float, high: float) -> None:
+        """A few labelled ticks on a log x axis: matplotlib labels the minor ticks (2e-3, 3e-3, ...)
+        when a panel spans a decade or two, and they run into each other. Over two or more powers
+        of ten: at most 5 of them; else 3 ticks spread evenly across the range, 2 significant digits."""
+        ax.set_xlim(low / 1.2, high * 1.2)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        if math.floor(math.log10(high) + 1e-9) - math.ceil(math.log10(low) - 1e-9) >= 1:  # two powers of ten inside
+            ax.xaxis.set_major_locator(LogLocator(base=10, numticks=5))
+        else:
+            ax.xaxis.set_major_locator(FixedLocator([float(f"{t:.2g}") for t in
+                                                     (low, math.sqrt(low * high), high)]))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
 
     finished = [r for r in result.rows if r["state"] == "complete" and _finite(r["score"])]
     if not finished or not result.space:
@@ -555,6 +660,8 @@ def search_figure(result: SearchResult) -> Any:
             ax.scatter([x_of(best)], [best["score"]], marker="*", s=160, color="tab:red", label="best", zorder=4)
         if d.log:
             ax.set_xscale("log")
+            xs = [x_of(r) for r in result.rows if _finite(r.get(key)) and r[key] > 0]
+            log_ticks(ax, min([d.low, *xs]), max([d.high, *xs]))
         if labels is not None:
             ax.set_xticks(range(len(labels)), [str(c) for c in labels])
         ax.set_ylim(bottom - 0.02 * pad, top + 0.02 * pad)
@@ -576,9 +683,8 @@ def search_table(result: SearchResult, limit: int = 25) -> Any:
     from rich.table import Table
 
     order = {"complete": 0, "pruned": 1, "running": 2, "fail": 3}
-    sign = -1.0 if result.metric == "val_acc" else 1.0
     rows = sorted(result.rows, key=lambda r: (order.get(r["state"], 4),
-                                              sign * r["score"] if _finite(r["score"]) else math.inf, r["trial"]))
+                                              _rank(r, result.metric) if _finite(r["score"]) else (math.inf, math.inf)))
     stages = len({r["stage"] for r in rows}) > 1
     better = "higher" if result.metric == "val_acc" else "lower"
     caption = f"scored by {result.metric} ({better} is better); * the best"
@@ -627,6 +733,9 @@ def search_lines(result: SearchResult) -> list[str]:
                        if any(r["state"] == s for r in result.rows))
     lines = [f"trials: {counts}",
              f"best: {b['stage']} trial {b['trial']}, {_metrics_text(_reached(b))}: {_params_text(result.best_params)}"]
+    tie = tie_line(result)
+    if tie is not None:
+        lines.append(tie)
     if "best" in result.files:
         lines.append(f"best spec: {result.files['best']} (train it: babysit train {result.files['best']})")
     written = [result.files[k].name for k in ("csv", "json", "figure") if k in result.files]
@@ -636,9 +745,10 @@ def search_lines(result: SearchResult) -> list[str]:
 
 __all__ = [
     # this module: the search, its trials and its outputs
-    "FAIL_REASON_CHARS", "FAILURES_IN_A_ROW", "SearchResult", "Stage", "SurplusTrial", "TrialFailed", "best_spec",
+    "FAIL_REASON_CHARS", "FAILURES_IN_A_ROW", "NO_SEARCH_SECTION", "SEARCH_EXAMPLE", "SearchResult", "Stage",
+    "SurplusTrial", "TrialFailed", "best_spec",
     "failure_reason", "run_stage", "score_metric_of", "search", "search_figure", "search_lines", "search_table",
-    "trial_spec", "write_search",
+    "stop_behind", "tie_line", "trial_spec", "write_search",
     # babysit.tune.space
     "REFINE_LINEAR_MARGIN", "REFINE_LOG_MARGIN", "REFINE_TOP_FRACTION", "SAMPLERS", "TrialSeededRandomSampler",
     "decode_params", "describe", "encode_choice", "grid_space", "grid_values", "make_sampler",
