@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from babysit.cli import main
 
@@ -26,3 +27,17 @@ def run_cli(args, capsys, cwd=None):
         os.chdir(old_cwd)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def refused(args, capsys, cwd=None, within_s: float = 5.0) -> str:
+    """Run ``babysit ARGS`` and assert a refusal: exit 2, one stderr line under 300
+    characters, no traceback, within ``within_s`` seconds; returns the line."""
+    started = time.perf_counter()
+    code, out, err = run_cli(args, capsys, cwd=cwd)
+    elapsed = time.perf_counter() - started
+    assert code == 2, (code, out[-500:], err[-500:])
+    assert "Traceback" not in err + out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and len(lines[0]) < 300, lines[:3]
+    assert elapsed < within_s, elapsed
+    return lines[0]

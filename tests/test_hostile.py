@@ -12,21 +12,9 @@ import time
 
 import pytest
 
-from helpers import FAST, run_cli
+from helpers import FAST, refused, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def refused(args, capsys, cwd=None, within_s: float = 5.0) -> str:
-    started = time.perf_counter()
-    code, out, err = run_cli(args, capsys, cwd=cwd)
-    elapsed = time.perf_counter() - started
-    assert code == 2, (code, out[-500:], err[-500:])
-    assert "Traceback" not in err + out
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and len(lines[0]) < 300, lines[:3]
-    assert elapsed < within_s, elapsed
-    return lines[0]
 
 
 def alias_bomb(levels: int = 9) -> str:

@@ -22,7 +22,7 @@ from babysit.config import load
 from babysit.train.loop import Callback
 from babysit.tune.search import FAIL_REASON_CHARS, search
 from babysit.tune.storage import journal_storage
-from helpers import run_cli
+from helpers import refused, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,18 +35,6 @@ train: {epochs: 2}
 search:
   optimizer.lr: loguniform(0.01, 1)
 """
-
-
-def refused(args, capsys, cwd=None, within_s: float = 5.0) -> str:
-    started = time.perf_counter()
-    code, out, err = run_cli(args, capsys, cwd=cwd)
-    elapsed = time.perf_counter() - started
-    assert code == 2, (code, out[-500:], err[-500:])
-    assert "Traceback" not in err + out
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and len(lines[0]) < 300, lines[:3]
-    assert elapsed < within_s, elapsed
-    return lines[0]
 
 
 @pytest.fixture

@@ -26,12 +26,11 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from babysit.optim import losses
 from babysit.report.figures import png_bytes
 from babysit.report.page import data_uri, escape, page, table
 from babysit.rundir import next_free, write_bytes, write_json, write_text
+from babysit.train.device import cpu_threads
 from babysit.train.loop import Callback, Trainer, evaluate
 
 Progress = Callable[[str], None]
@@ -59,16 +59,7 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@contextlib.contextmanager
-def threads(count: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to ``count`` for the block (None: left alone)."""
-    before = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+threads = cpu_threads  # torch's intra-op threads for a block (the run path's own helper)
 
 
 # --------------------------------------------------------------------------- a recorded run
