@@ -453,3 +453,17 @@ def test_diagnose_run_reads_the_monitors(tmp_path):
     assert by_id(findings, "lr_too_low").evidence["update_ratio_typical"] == pytest.approx(3.5e-5)
     with pytest.raises(BabysitError, match="no metrics.jsonl"):
         diagnose_run(tmp_path / "nowhere")
+
+
+def test_a_plateau_still_drifting_down_is_info_and_the_same_run_cut_halfway_a_warning():
+    import math as _math
+
+    def history(epochs):  # fast fall, then a slow drift of 2-3% over the last quarter
+        return [{"epoch": e, "step": 10 * e, "lr": 1e-3, "train_loss": 0.18 + 2 * _math.exp(-e / 4) - 3e-4 * e,
+                 "val_loss": 0.2 + 2 * _math.exp(-e / 4) - 3e-4 * e + 1e-4 * (-1) ** e} for e in range(1, 61)]
+
+    ended = {f.id: f for f in diagnose(history(60), chance_loss=2.3, epochs_planned=60, early_stopping=False)}
+    assert ended["not_converged"].severity == "info", ended["not_converged"].message
+    assert ended["not_converged"].evidence["pace"] < 0.1
+    cut = {f.id: f for f in diagnose(history(60)[:12], chance_loss=2.3, epochs_planned=12, early_stopping=False)}
+    assert cut["not_converged"].severity == "warning", cut["not_converged"].message
