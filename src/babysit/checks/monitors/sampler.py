@@ -146,10 +146,13 @@ class Monitor:
         self._raw: list[tuple[Any, ...]] = []  # samples not yet turned into records
         self.guard: Finding | None = None  # set when the explosion guard trips
         self.activations, self.weights = monitored_layers(model)
-        # the inputs of every Linear / Conv layer after the first: a unit that is exactly 0 for
-        # every example of the batch is dead whichever function made it (F.relu in a forward
-        # has no module to hook; its output is the next layer's input)
-        self.inputs = [(name, m) for name, m in model.named_modules() if isinstance(m, _INPUT_LAYERS)][1:]
+        # a network without nonlinearity modules (F.relu in its forward: nothing to hook): the
+        # inputs of every Linear / Conv layer after the first instead, since a unit that is
+        # exactly 0 for every example of the batch is dead whichever function made it. (With
+        # modules the outputs say it, and these reductions would double a sample's cost.)
+        has_modules = any(isinstance(m, (*ACTIVATION_TYPES, nn.RNNBase)) for m in model.modules())
+        self.inputs = [] if has_modules else [
+            (name, m) for name, m in model.named_modules() if isinstance(m, _INPUT_LAYERS)][1:]
         if not activations:
             self.activations, self.inputs = [], []
         self.check_cleared = check_cleared
