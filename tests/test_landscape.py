@@ -285,6 +285,24 @@ def test_power_iteration_with_deflation_matches_lanczos():
     assert float(power.residuals.max()) < 1e-6 * float(exact.abs().max())
 
 
+@pytest.mark.parametrize("which", ["top", "magnitude"])
+def test_power_iteration_converges_on_the_deflated_residual(which):
+    # The full residual of a later pair floors at the earlier pairs' residuals (~4e-8
+    # here, against tol * 5 = 5e-8): it ran all 2,000 products and said not converged.
+    # On the deflated residual: 335 (top) and 350 (magnitude) products in all.
+    diagonal = [5.0, 5.0, 5.0, 2.0, 2.0, 1.0, 0.5, -4.0] + [0.3] * 30
+    model = Quadratic(diagonal)
+    eig = landscape.hessian_eigenvalues(
+        model, quadratic_loss, DUMMY, k=4, which=which, method="power"
+    )
+    assert eig.converged
+    assert eig.matvecs < 700
+    exact = torch.linalg.eigvalsh(torch.diag(torch.tensor(diagonal, dtype=DT)))
+    key = exact if which == "top" else exact.abs()
+    expected = exact[torch.argsort(key, descending=True)][:4]
+    assert rel(eig.eigenvalues, expected) < 1e-6
+
+
 @pytest.mark.parametrize("method", ["lanczos", "power"])
 def test_quadratic_spectrum(method):
     model = Quadratic(QUADRATIC)
@@ -570,6 +588,52 @@ def test_interpolation_has_exact_end_points():
     wide = landscape.interpolate(model, other.state_dict(), loss_fn, data, alphas=[-0.5, 0.5, 1.5])
     assert wide.alphas.tolist() == [-0.5, 0.0, 0.5, 1.0, 1.5]
     assert float(wide.losses[3]) == float(line.losses[-1])
+
+
+def two_linear_models():
+    torch.manual_seed(3)
+    a, b = nn.Linear(3, 1).to(DT), nn.Linear(3, 1).to(DT)
+    x, y = torch.randn(20, 3, dtype=DT), torch.randn(20, 1, dtype=DT)
+    return a, b, (x, y), nn.MSELoss()
+
+
+def test_interpolation_barrier_ignores_alphas_past_the_ends():
+    # MSE of a linear model is convex in the weights: no barrier between two of them,
+    # though past the ends the loss rises above the extrapolated chord
+    a, b, data, loss_fn = two_linear_models()
+    alphas = torch.arange(-5, 16, dtype=DT) / 10  # -0.5..1.5, with 0 and 1 exactly
+    line = landscape.interpolate(a, b, loss_fn, data, alphas=alphas)
+    l0, l1 = float(line.losses[line.alphas == 0.0][0]), float(line.losses[line.alphas == 1.0][0])
+    rise = line.losses - ((1 - line.alphas) * l0 + line.alphas * l1)
+    outside = (line.alphas < 0) | (line.alphas > 1)
+    assert float(rise[outside].min()) > 0.1  # the old barrier took these
+    assert line.barrier == pytest.approx(0.0, abs=1e-12)
+    # the points past the ends are still there, for plots
+    assert line.alphas[0] == -0.5 and line.alphas[-1] == 1.5 and len(line.alphas) == 21
+
+
+def test_interpolation_barrier_inside_the_segment():
+    # tanh is odd, so (w1, w2) and (-w1, -w2) are the same function; halfway the weights
+    # are zero and the output is 0: a real barrier at alpha = 0.5
+    torch.manual_seed(4)
+    a = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Tanh(), nn.Linear(1, 1, bias=False))
+    a = a.to(DT)
+    with torch.no_grad():
+        a[0].weight.fill_(1.0)
+        a[2].weight.fill_(2.0)
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.neg_()
+    x = torch.randn(30, 1, dtype=DT)
+    data = (x, 2.0 * torch.tanh(x))
+    loss_fn = nn.MSELoss()
+    line = landscape.interpolate(a, b, loss_fn, data, alphas=[-0.5, 0.5, 1.5])
+    end = direct_loss(a, loss_fn, [data])
+    assert end == pytest.approx(0.0, abs=1e-12)
+    middle = float((data[1] ** 2).mean())  # the loss of the zero output
+    assert line.barrier == pytest.approx(middle - end, rel=1e-12)
+    assert line.barrier > 0.1
 
 
 def test_trajectory_directions_are_the_principal_components_of_the_path():

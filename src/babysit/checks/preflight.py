@@ -322,6 +322,32 @@ def _probability_outputs(out: Tensor) -> bool:
     return bool((out >= 0).all() and (out <= 1).all() and ((out.sum(1) - 1).abs() < 1e-3).all())
 
 
+def _fan_in_scaled(model: nn.Module) -> bool:
+    """Whether every weight matrix / kernel has the size a fan-in-scaled init gives it (std
+    within 3x of 1/sqrt(fan_in) either way: kaiming, xavier and torch's default all do)."""
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)
+               and isinstance(getattr(m, "weight", None), Tensor) and m.weight.numel() > 1]
+    if not weights:
+        return False
+    for w in weights:
+        ratio = w.detach().float().std().item() * math.sqrt(w[0].numel())  # std x sqrt(fan_in)
+        if not 1 / 3 <= ratio <= 3:
+            return False
+    return True
+
+
+def _too_large_advice(model: nn.Module) -> str:
+    """What to change when the outputs start too large: the init when it is not scaled to the
+    layers' fan-in, else the architecture (a user with kaiming already is not told to use it)."""
+    if _fan_in_scaled(model):
+        return ("The weights already have a fan-in-scaled init (kaiming / xavier size), so the outputs grow in "
+                "the architecture: a deep residual stack adds its branches up (scale each branch's last layer "
+                "down, about 1/L for L branches, or start its last norm's weight small, as babysit's own "
+                "mlp/resnet/gpt do), or an output layer or factor scales them; check that inputs are standardised.")
+    return ("Use a scaled initialisation (model.init: kaiming or xavier instead of a fixed init_std), check that "
+            "inputs are standardised, and that the outputs are not scaled.")
+
+
 def check_initial_loss_off(ctx: _Context) -> list[Finding]:
     model = _without_regularisation(copy.deepcopy(ctx.model))  # train mode, dropout off
     device = _device(model)
@@ -374,8 +400,7 @@ def check_initial_loss_off(ctx: _Context) -> list[Finding]:
             f"The loss at initialisation is {loss:.3g}, but a freshly initialised network should "
             f"start near {what} (at most {high:.3g} for outputs of std {LOGIT_STD_MAX:g}); the "
             f"outputs have std {evidence['output_std']:.3g}, so the weights start too large.",
-            "Use a scaled initialisation (model.init: kaiming or xavier instead of a fixed "
-            "init_std), check that inputs are standardised, and that the outputs are not scaled.",
+            _too_large_advice(ctx.model),
             evidence,
         )]
     if name != "mse" and loss < LOW_FRACTION * expected:

@@ -310,7 +310,10 @@ def _losses_vmap(op: HessianOperator, points: Tensor, chunk_size: int) -> Tensor
 @dataclass
 class Interpolation:
     """Losses along theta(alpha) = (1 - alpha) theta_a + alpha theta_b; ``barrier`` is
-    max over alpha of L(alpha) - [(1 - alpha) L(0) + alpha L(1)] (>= 0)."""
+    max over alpha in [0, 1] of L(alpha) - [(1 - alpha) L(0) + alpha L(1)] (>= 0).
+
+    Alphas outside [0, 1] are in ``alphas`` and ``losses`` but not in the barrier: past
+    the ends the chord is an extrapolation, which even a convex loss rises above."""
 
     alphas: Tensor
     losses: Tensor
@@ -340,7 +343,7 @@ def interpolate(
     another run). Parameters and floating-point buffers (BatchNorm running statistics)
     are interpolated; integer buffers are taken from ``model``. ``alphas`` default to
     ``steps`` evenly spaced points in [0, 1]; 0 and 1 are always included (add more,
-    e.g. -0.5 or 1.5, to look past the ends).
+    e.g. -0.5 or 1.5, to look past the ends; the barrier is taken over [0, 1] only).
 
     >>> import torch
     >>> from torch import nn
@@ -383,5 +386,8 @@ def interpolate(
         losses.append(dataset_loss(model, loss_fn, batches, state))
     loss_t = torch.tensor(losses, dtype=torch.float64)
     l0, l1 = float(loss_t[grid == 0.0][0]), float(loss_t[grid == 1.0][0])
-    barrier = float((loss_t - ((1 - grid) * l0 + grid * l1)).max().clamp(min=0.0))
+    # the barrier is between the two weight sets: alphas past the ends are for plots only
+    inside = (grid >= 0.0) & (grid <= 1.0)
+    rise = loss_t[inside] - ((1 - grid[inside]) * l0 + grid[inside] * l1)
+    barrier = float(rise.max().clamp(min=0.0))
     return Interpolation(grid, loss_t, barrier)

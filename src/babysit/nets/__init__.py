@@ -87,7 +87,10 @@ def build(spec: ModelSpec, input_shape: tuple[int, ...], output_dim: int) -> nn.
     model = builder(spec, input_shape, int(output_dim))
     if getattr(model, "initializes_itself", False):  # GPT: GPT-2's own init (nets/gpt.py)
         return model
-    return initialize(model, spec.init, spec.init_std, spec.bias_init, nonlinearity=spec.activation)
+    initialize(model, spec.init, spec.init_std, spec.bias_init, nonlinearity=spec.activation)
+    if hasattr(model, "scale_residual_branches"):  # deep residual nets start near ln C (nets/mlp.py, resnet.py)
+        model.scale_residual_branches()
+    return model
 
 
 __all__ = [

@@ -264,6 +264,34 @@ def norm_layer(norm: str, width: int, dims: int, groups: int, where: str) -> nn.
     )
 
 
+@torch.no_grad()
+def scale_branch_end(module: nn.Module, factor: float) -> None:
+    """Multiply what ``module`` (a residual branch's last weighted layer or norm) outputs at
+    initialisation by ``factor``: a norm's affine weight, else the layer's weight (under weight
+    or spectral normalisation, its learned magnitude ``original0``; spectral: the weight itself
+    is renormalised, so the bias only) and bias. See :func:`babysit.nets.build`.
+
+    Example
+    -------
+    >>> layer = nn.Linear(3, 2)
+    >>> before = layer.weight.clone()
+    >>> scale_branch_end(layer, 0.5)
+    >>> torch.allclose(layer.weight, 0.5 * before)
+    True
+    """
+    if isinstance(module, Maxout):
+        module = module.linear
+    weighted = getattr(module, "parametrizations", None)
+    if weighted is not None and "weight" in weighted:
+        magnitude = getattr(weighted.weight, "original0", None)  # weight norm's g; spectral norm has none
+        if magnitude is not None:
+            magnitude.mul_(factor)
+    elif getattr(module, "weight", None) is not None:
+        module.weight.mul_(factor)
+    if getattr(module, "bias", None) is not None:
+        module.bias.mul_(factor)
+
+
 def parametrize(layer: nn.Module, norm: str) -> nn.Module:
     """Apply weight normalisation (Salimans & Kingma 2016) or spectral normalisation
     (Miyato et al. 2018) to ``layer``'s weight when ``norm`` asks for it; else return it as is.
@@ -335,5 +363,5 @@ def downsample_factors(spatial: tuple[int, ...]) -> tuple[int, ...]:
 
 __all__ = [
     "ACTIVATIONS", "ChannelMaxout", "GaussianNoise", "Maxout", "SignUnit", "activation",
-    "activation_modules", "conv_layout", "norm_layer", "parametrize", "weight_layers",
+    "activation_modules", "conv_layout", "norm_layer", "parametrize", "scale_branch_end", "weight_layers",
 ]  # fmt: skip
