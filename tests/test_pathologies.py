@@ -59,6 +59,11 @@ PATHOLOGIES = [
      {"overfitting": ("warning", None)}),
     ("logreg", "mnist1d-logreg.yaml", [], {"underfitting": ("info", None)}),
     ("cut-short", "spirals-mlp.yaml", ["train.epochs=10"], {"not_converged": ("warning", None)}),
+    # Wang & Aitchison 2024: tau = 1/(lr x wd) steps; 10 steps against 36 an epoch, 1e6 against a 72-step run
+    ("weight-decay-too-strong", None, ["optimizer.name=adamw", "optimizer.lr=0.01", "optimizer.weight_decay=10",
+                                       "train.epochs=2"], {"weight_decay_too_strong": ("warning", None)}),
+    ("weight-decay-ineffective", None, ["optimizer.name=adamw", "optimizer.lr=0.01", "optimizer.weight_decay=1e-4",
+                                        "train.epochs=2"], {"weight_decay_ineffective": ("info", None)}),
     # GANs: a discriminator that learns alone, a generator 50x faster than its discriminator
     ("gan-discriminator-wins", "digits-gan.yaml", ["optimizer.lr=1e-6", "optimizer.discriminator_lr=1e-3",
                                                    "train.epochs=15"],
@@ -69,7 +74,7 @@ PATHOLOGIES = [
 ]
 # test_preflight.py; test_user_loop.py (a user's own loop under babysit.watch); test_heldout.py
 ON_THE_API = {"gradient_check_failed", "batch_mixing", "gradients_accumulate", "loss_at_chance",
-              "heldout_out_of_range", "test_val_gap"}
+              "heldout_out_of_range", "test_val_gap", "dormant_units"}  # dormant_units: test_monitors.py
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

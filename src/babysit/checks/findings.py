@@ -36,6 +36,7 @@ FINDINGS: dict[str, str] = {
     "loss_exploded": "Loss exploded",
     "nonfinite_loss": "Non-finite loss",
     "dead_relu": "Dead ReLU units",
+    "dormant_units": "Dormant units",
     "saturated_activations": "Saturated activations",
     "activation_collapse": "Activations collapse",
     "vanishing_gradients": "Vanishing gradients",
@@ -50,6 +51,8 @@ FINDINGS: dict[str, str] = {
     "lr_too_high": "Learning rate too high",
     "lr_too_low": "Learning rate too low",
     "not_converged": "Not converged",
+    "weight_decay_ineffective": "Weight decay too weak to act",
+    "weight_decay_too_strong": "Weight decay forgets within an epoch",
     # the held-out splits against the training split (babysit.checks.heldout)
     "heldout_out_of_range": "Held-out inputs far outside the training range",
     "test_val_gap": "Test loss far above validation",

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from babysit import nets
+from babysit.checks.decay import weight_decay_timescale
 from babysit.checks.diagnose import diagnose_run
 from babysit.checks.findings import Finding
 from babysit.checks.heldout import heldout_range, val_test_gap
@@ -88,6 +89,20 @@ def split_metrics(run: RunContext, trainer: Trainer) -> dict[str, Any]:
     return found
 
 
+def _weight_decay(spec: Experiment, metrics: list[dict[str, Any]], steps_per_epoch: int) -> list[Finding]:
+    """The weight-decay timescale findings, with the learning rates the run actually took (each
+    epoch's logged lr over that epoch's steps)."""
+    lr_sum, steps, previous = 0.0, 0, 0
+    for record in metrics:
+        step, lr = record.get("step"), record.get("lr")
+        if "epoch" in record and isinstance(step, int) and isinstance(lr, int | float) and step > previous:
+            lr_sum += lr * (step - previous)
+            steps, previous = step, step
+    opt = spec.optimizer
+    return weight_decay_timescale(opt.name, opt.lr, opt.weight_decay, opt.momentum, lr_sum=lr_sum, steps=steps,
+                                  steps_per_epoch=steps_per_epoch)
+
+
 class StandardFamily:
     """mlp, cnn, resnet, rnn, gru, lstm: the :class:`~babysit.families.protocol.Family` defaults."""
 
@@ -138,6 +153,7 @@ class StandardFamily:
                                                 "test": splits.test.x if splits.test is not None else None})
         summary = read_json(run.path / "summary.json", {})
         found += val_test_gap(summary if isinstance(summary, dict) else {}, chance)
+        found += _weight_decay(spec, read_jsonl(run.path / "metrics.jsonl"), run.steps_per_epoch)
         if spec.optimizer.name == "newton":
             # Newton sets its own step length and does not use the lr: the first-order rules do not apply
             found = [f for f in found if f.id not in FIRST_ORDER_RULES]
