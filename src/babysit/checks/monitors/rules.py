@@ -2,7 +2,7 @@
 :class:`~babysit.checks.monitors.sampler.Monitor`) says about the run, as findings.
 
 :func:`monitor_findings` gives at most one finding per id (``dead_relu``,
-``saturated_activations``, ``activation_collapse``, ``vanishing_gradients``,
+``dormant_units``, ``saturated_activations``, ``activation_collapse``, ``vanishing_gradients``,
 ``exploding_gradients``, ``update_ratio_high``, ``update_ratio_low``,
 ``gradients_accumulate``, ``loss_at_chance``);
 :func:`monitor_summary` the per-layer medians the diagnosis and the report read. Each
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from babysit.checks.findings import Finding
@@ -42,6 +42,18 @@ DEAD_FRACTION = 0.5
 # when a quarter of its outputs are saturated (CS231n's tanh net with N(0, 1) weights: ~all).
 SATURATION_LEVEL = 0.99
 SATURATED_FRACTION = 0.25
+# Sokar et al. 2023, "The dormant neuron phenomenon in deep reinforcement learning" (arXiv
+# 2302.12902), generalising dead ReLUs to every activation: unit i of a layer scores
+# s_i = E|h_i| / mean_k E|h_k| (over the batch and positions) and is tau-dormant when s_i <= tau;
+# tau = 0.025 is the paper's value. A layer is flagged when half its units are dormant, the same
+# bar as DEAD_FRACTION: a dead unit is dormant (score 0), so a lower bar would flag ReLU layers
+# for the dead units that rule deliberately tolerates (CS231n: up to 40% can be dead). Measured
+# (tests/test_monitors.py, the healthy 4-layer nets): tanh layers stay at 0% dormant; a healthy
+# ReLU MLP trained with Adam at 1e-2 ends with its last hidden layer ~33% dead and ~37% dormant,
+# which 0.25 would flag. Half a layer contributing under 2.5% of its average unit is a clear
+# loss of capacity.
+DORMANT_TAU = 0.025
+DORMANT_FRACTION = 0.5
 # CS231n's 10-layer tanh net with N(0, 0.01^2) weights: the activation std falls by about 5x
 # a layer "and collapses to zero". Flag a net of 3+ monitored layers whose std keeps shrinking
 # layer after layer to below 1% of the first.
@@ -149,7 +161,7 @@ def _after_first_step(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def monitor_findings(records: list[dict[str, Any]], *, chance_loss: float | None = None) -> list[Finding]:
     """The while-training findings of a list of monitor records (``monitors.jsonl``).
 
-    ``dead_relu``, ``saturated_activations``, ``activation_collapse``,
+    ``dead_relu``, ``dormant_units``, ``saturated_activations``, ``activation_collapse``,
     ``vanishing_gradients``, ``exploding_gradients``, ``update_ratio_high``,
     ``update_ratio_low``, ``gradients_accumulate`` and, given the ``chance_loss``,
     ``loss_at_chance``: at most one finding per id, naming the worst layer, with every
@@ -181,6 +193,20 @@ def monitor_findings(records: list[dict[str, Any]], *, chance_loss: float | None
         "Lower the learning rate (3-10x) and re-initialise the network (dead units do not come back); check "
         "bias_init (a negative bias kills ReLUs from the start), use He (kaiming) init, or switch to "
         "leaky_relu / elu, which keep a gradient below zero.")
+    # dormant units include the dead ones (a dead ReLU unit scores 0): a layer dead_relu already
+    # names is left out, so dormant_units speaks only of what it adds: non-ReLU layers (tanh,
+    # GELU, SiLU, recurrent ...) and ReLU layers whose units are alive but nearly silent
+    # (fewer than DEAD_FRACTION dead, at least DORMANT_FRACTION dormant)
+    reported = {name for f in found for name in f.evidence.get("layers", {})}
+    found += _activation_rule(
+        records, "dormant_fraction", DORMANT_FRACTION, "dormant_units",
+        lambda name, v: f"{v:.0%} of the units of {name} are dormant: their mean |output| is at most "
+                        f"{DORMANT_TAU:.1%} of the layer's average unit (Sokar et al. 2023), so they contribute "
+                        "almost nothing to the next layer and get almost no gradient.",
+        "Check the init of the layer feeding it (units whose incoming weights are near zero stay near zero: "
+        "use xavier / kaiming init), lower the learning rate or the weight decay, or add normalisation; "
+        "re-initialising the dormant units' incoming weights (ReDo, Sokar et al. 2023) revives them.",
+        exclude=reported)
     saturated_key = ("saturated_fraction" if _layer_names(records, "saturated_fraction")
                      else "input_saturated_fraction")
     found += _activation_rule(
@@ -257,11 +283,14 @@ def _others(affected: dict[str, float], worst: str, fmt: str) -> str:
 
 
 def _activation_rule(records: list[dict[str, Any]], key: str, threshold: float, finding_id: str,
-                     message: Callable[[str, float], str], advice: str) -> list[Finding]:
+                     message: Callable[[str, float], str], advice: str,
+                     exclude: Collection[str] = ()) -> list[Finding]:
     ongoing: dict[str, float] = {}
     at_init: dict[str, tuple[float, int | None]] = {}
     first_step: dict[str, int] = {}
     for name in _layer_names(records, key):
+        if name in exclude:
+            continue
         recs = [r for r in records if key in r["layers"].get(name, {})]
         values = [r["layers"][name][key] for r in recs]
         flags = [v >= threshold for v in values]
@@ -407,7 +436,8 @@ def _update_ratio_rules(records: list[dict[str, Any]]) -> list[Finding]:
     return found
 
 
-__all__ = ["AT_CHANCE_MIN_SAMPLES", "AT_CHANCE_TOLERANCE", "COLLAPSE_RATIO", "DEAD_FRACTION", "EXPLODING_RATIO",
+__all__ = ["AT_CHANCE_MIN_SAMPLES", "AT_CHANCE_TOLERANCE", "COLLAPSE_RATIO", "DEAD_FRACTION", "DORMANT_FRACTION",
+           "DORMANT_TAU", "EXPLODING_RATIO",
            "PERSIST_FRACTION", "SATURATED_FRACTION", "UNCLEARED_RATIO",
            "SATURATION_LEVEL", "UPDATE_RATIO_HIGH", "UPDATE_RATIO_LOW", "VANISHING_RATIO", "monitor_findings",
            "monitor_summary"]

@@ -18,7 +18,8 @@ the update to the weights, ``||Δw|| / ||w||``, which should sit near 1e-3. A
 Each sample is one record (the lines of ``monitors.jsonl``)::
 
     {"step": 11, "loss": 2.07, "layers": {
-        "hidden.0.1": {"type": "ReLU", "act_mean": 0.41, "act_std": 0.62, "dead_fraction": 0.0},
+        "hidden.0.1": {"type": "ReLU", "act_mean": 0.41, "act_std": 0.62, "dead_fraction": 0.0,
+                       "dormant_fraction": 0.02},
         "hidden.0.0": {"type": "Linear", "grad_norm": 0.8, "weight_norm": 5.7, "update_ratio": 1.1e-3},
         ...}}
 
@@ -57,7 +58,12 @@ import torch
 from torch import nn
 
 from babysit.checks.findings import Finding
-from babysit.checks.monitors.rules import SATURATION_LEVEL, monitor_findings, monitor_summary
+from babysit.checks.monitors.rules import (
+    DORMANT_TAU,
+    SATURATION_LEVEL,
+    monitor_findings,
+    monitor_summary,
+)
 from babysit.config import EXPLOSION_FACTOR
 from babysit.nets.layers import ACTIVATION_TYPES, WEIGHT_LAYER_TYPES
 from babysit.rundir import json_line
@@ -161,7 +167,9 @@ class Monitor:
         self._input_stats: dict[str, list[torch.Tensor]] = {}
         self._samples = 0
         self._hooks: list[Any] = []
-        self._act_stats: dict[str, tuple[torch.Tensor, int, int, str | None]] = {}
+        # per activation layer: (its numbers, element count, units of dead_fraction, dead / saturated / None,
+        # units of dormant_fraction)
+        self._act_stats: dict[str, tuple[list[torch.Tensor], int, int, str | None, int]] = {}
         self._types = {name: type(m).__name__ for name, m in model.named_modules()}
         for name, module in model.named_modules():  # a recurrent matrix takes its layer's type
             if isinstance(module, nn.RNNBase):
@@ -207,6 +215,10 @@ class Monitor:
         relu = isinstance(module, _RELU_LIKE)
         tanh = isinstance(module, _TANH_LIKE)
         sigmoid = isinstance(module, _SIGMOID_LIKE)
+        # dormant units (Sokar et al. 2023) on the nonlinearities and recurrent layers only: a Linear /
+        # Conv output watched in their absence is a pre-activation, whose size says nothing about it
+        dormant = isinstance(module, (*ACTIVATION_TYPES, nn.RNNBase))
+        recurrent = isinstance(module, nn.RNNBase)
 
         def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
             if isinstance(output, tuple):  # a recurrent layer: (hidden-state sequence, final state)
@@ -233,8 +245,19 @@ class Monitor:
                 stats.append((a.abs() > SATURATION_LEVEL).sum(dtype=a.dtype))
             elif sigmoid:
                 stats.append(((a - 0.5).abs() > SATURATION_LEVEL - 0.5).sum(dtype=a.dtype))
+            dormant_units = 0
+            if dormant and a.dim() >= 2:
+                # Sokar et al. 2023: unit i's score s_i = E|h_i| / mean_k E|h_k| over the batch and
+                # positions; dormant when s_i <= tau. One L1 reduction over every dim but the units'
+                # (no |a| copy); sums instead of means, since the count per unit cancels in the ratio.
+                # Units are dim 1 (features, a conv's channels) as for dead units; a recurrent layer's
+                # hidden units are its last dim (batch_first or not).
+                unit_dim = a.dim() - 1 if recurrent else 1
+                per_unit = torch.linalg.vector_norm(a, 1, dim=[d for d in range(a.dim()) if d != unit_dim])
+                dormant_units = per_unit.numel()
+                stats.append((per_unit <= DORMANT_TAU * per_unit.mean()).sum(dtype=a.dtype))
             self._act_stats[name] = (stats, a.numel(), units, "dead" if relu else
-                                     "saturated" if tanh or sigmoid else None)
+                                     "saturated" if tanh or sigmoid else None, dormant_units)
             if output.requires_grad:
                 # the gradient arriving at this layer's output on the way back (Glorot & Bengio
                 # 2010 watch its variance across depth): the vanishing / exploding signal
@@ -316,19 +339,19 @@ class Monitor:
         self._armed = False
 
     def _record(self, step: int, n: int, flat: list[float],
-                layouts: tuple[list[tuple[str, int, int, str | None]], list[str], bool],
+                layouts: tuple[list[tuple[str, int, int, str | None, int]], list[str], bool],
                 hists: dict[str, dict[str, Any]], loss: float) -> dict[str, Any]:
         """One sample's numbers as a record: 3n weight numbers (gradient, weight and update
         norms), then per activation layer: sum, sqrt(sum of squares), [dead or saturated
-        count], backpropagated gradient norm; then per watched layer input: dead units,
+        count], [dormant count], backpropagated gradient norm; then per watched layer input: dead units,
         units, min, max, zeros, |x| > 0.99, |x - 0.5| > 0.49, count; then, when the cleared
         check ran, the norms of the gradient found before the backward pass and of the new one."""
         layout, input_names, has_stale = layouts
         grad_norms, weight_norms, update_norms = flat[:n], flat[n:2 * n], flat[2 * n:3 * n]
         at = 3 * n
         layers: dict[str, dict[str, Any]] = {}
-        for name, count, units, counted in layout:
-            width = 3 if counted else 2
+        for name, count, units, counted, dormant_units in layout:
+            width = 2 + bool(counted) + bool(dormant_units)
             total, root_sq = flat[at:at + 2]
             mean = total / count
             var = max(root_sq * root_sq / count - mean * mean, 0.0) * count / max(count - 1, 1)
@@ -337,6 +360,8 @@ class Monitor:
                 entry["dead_fraction"] = flat[at + 2] / max(units, 1)
             elif counted == "saturated":
                 entry["saturated_fraction"] = flat[at + 2] / count
+            if dormant_units:
+                entry["dormant_fraction"] = flat[at + width - 1] / dormant_units
             back = flat[at + width]
             if not math.isnan(back):
                 entry["act_grad_rms"] = back / math.sqrt(count)
