@@ -29,7 +29,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from babysit.errors import BabysitError
+from babysit.errors import BabysitError, stop_behind
 
 
 def _flags_without_placeholder(params: list[Any]) -> list[Any]:
@@ -604,19 +604,6 @@ def _interrupted(signum: int, frame: Any) -> None:
     raise Interrupted
 
 
-def _interrupt_behind(exc: BaseException | None) -> BaseException | None:
-    """The Ctrl-C that ``exc`` was raised while unwinding, if any (along ``__context__``): a
-    library's cleanup that fails mid-interrupt (Optuna's journal lock raises FileNotFoundError
-    when a Ctrl-C lands as it releases) must not turn Ctrl-C into a traceback."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, KeyboardInterrupt | Interrupted):
-            return exc
-        exc = exc.__context__
-    return None
-
-
 # click's exception classes, found through the one typer exports (typer vendors click in
 # recent versions and depends on it in older ones)
 _CLICK = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
@@ -649,8 +636,11 @@ def main() -> None:
             try:
                 code = app(prog_name="babysit", standalone_mode=False)  # errors come here, not as click's boxes
             except Exception as exc:
-                interrupt = _interrupt_behind(exc)
-                if interrupt is None:
+                # a library's cleanup that fails mid-interrupt (Optuna's journal lock raises
+                # FileNotFoundError when a Ctrl-C lands as it releases) must not turn Ctrl-C
+                # into a traceback
+                interrupt = stop_behind(exc)
+                if not isinstance(interrupt, KeyboardInterrupt | Interrupted):
                     raise
                 raise interrupt from None
         for line in dict.fromkeys(f"warning: {w.category.__name__}: {str(w.message).strip()[:200]}"

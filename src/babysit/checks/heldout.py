@@ -65,13 +65,13 @@ def heldout_range(train_x: torch.Tensor, heldout: dict[str, torch.Tensor | None]
         if x is None or len(x) < MIN_HELDOUT or not torch.is_floating_point(x):
             continue
         z = x.detach().reshape(len(x), -1).double()
-        beyond = torch.maximum(z - hi, lo - z).clamp_min(0).nan_to_num(0.0).amax(0) / pooled  # (D,)
+        outside = torch.maximum(z - hi, lo - z).clamp_min(0).nan_to_num(0.0)  # (N, D): distance past the range
+        beyond = outside.amax(0) / pooled  # (D,), in pooled training stds
         far = beyond > FAR_OUTSIDE
         counts[name] = int(far.sum())
         j = int(beyond.argmax())
         if far.any() and (worst is None or beyond[j].item() > worst[0]):
-            value = z[:, j][(z[:, j] - hi[j]).abs().argmax() if (z[:, j] > hi[j]).any() else (lo[j] - z[:, j]).argmax()]
-            worst = (beyond[j].item(), name, j, value.item())
+            worst = (beyond[j].item(), name, j, z[outside[:, j].argmax(), j].item())  # the value furthest out
     if worst is None:
         return []
     excess, split, feature, value = worst

@@ -71,7 +71,7 @@ import yaml
 from optuna.trial import TrialState
 
 from babysit.config import Experiment, SearchDistribution, set_dotted, validate
-from babysit.errors import BabysitError
+from babysit.errors import BabysitError, stop_behind
 from babysit.families import family_of
 from babysit.report.figures import png_bytes
 from babysit.run import run
@@ -181,34 +181,6 @@ def failure_reason(exc: BaseException) -> str:
     if len(first) > FAIL_REASON_CHARS:
         first = first[:FAIL_REASON_CHARS - 3] + "..."
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
-def stop_behind(exc: BaseException | None) -> BaseException | None:
-    """The Ctrl-C or exit that ``exc`` was raised while unwinding, if any: a KeyboardInterrupt,
-    a SystemExit, or the CLI's own interrupt, found along the exceptions' ``__context__``.
-
-    A Ctrl-C can land inside a library's cleanup code, whose own error then replaces it:
-    Optuna's journal-file lock, interrupted as it releases, raises FileNotFoundError in its
-    ``except BaseException`` branch. That error is the user's stop, not a failed trial.
-
-    Example
-    -------
-    >>> try:
-    ...     try:
-    ...         raise KeyboardInterrupt
-    ...     except BaseException:
-    ...         raise FileNotFoundError("lock.rename")
-    ... except FileNotFoundError as exc:
-    ...     type(stop_behind(exc)).__name__
-    'KeyboardInterrupt'
-    """
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if not isinstance(exc, Exception | GeneratorExit):
-            return exc
-        exc = exc.__context__
-    return None
 
 
 @contextlib.contextmanager

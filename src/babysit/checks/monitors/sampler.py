@@ -164,7 +164,7 @@ class Monitor:
         self.check_cleared = check_cleared
         self.chance_loss: float | None = None  # the loss of a guess that ignores the inputs (loss_at_chance)
         self._stale: tuple[torch.Tensor, torch.Tensor] | None = None  # (|grad before backward|, |new gradient|)
-        self._input_stats: dict[str, list[torch.Tensor]] = {}
+        self._input_stats: dict[str, tuple[list[torch.Tensor], int, int]] = {}  # (numbers, units, elements)
         self._samples = 0
         self._hooks: list[Any] = []
         # per activation layer: (its numbers, element count, units of dead_fraction, dead / saturated / None,
@@ -285,11 +285,10 @@ class Monitor:
             per_unit = (x.abs().flatten(0, -2).amax(0) if isinstance(mod, nn.Linear)
                         else x.abs().transpose(0, 1).flatten(1).amax(1))
             lo, hi = torch.aminmax(x)
-            self._input_stats[name] = [
-                (per_unit == 0).sum(dtype=x.dtype), torch.tensor(float(per_unit.numel()), device=x.device),
-                lo, hi, (x == 0).sum(dtype=x.dtype), (x.abs() > SATURATION_LEVEL).sum(dtype=x.dtype),
-                ((x - 0.5).abs() > SATURATION_LEVEL - 0.5).sum(dtype=x.dtype),
-                torch.tensor(float(x.numel()), device=x.device)]
+            numbers = [(per_unit == 0).sum(dtype=x.dtype), lo, hi, (x == 0).sum(dtype=x.dtype),
+                       (x.abs() > SATURATION_LEVEL).sum(dtype=x.dtype),
+                       ((x - 0.5).abs() > SATURATION_LEVEL - 0.5).sum(dtype=x.dtype)]
+            self._input_stats[name] = (numbers, per_unit.numel(), x.numel())  # the sizes stay on the host
 
         return hook
 
@@ -320,7 +319,8 @@ class Monitor:
             scalars.append(back if back is not None else self._no_grad(scalars[-1]).reshape(()))
         input_names = [name for name, _ in self.inputs if name in self._input_stats]
         for name in input_names:
-            scalars += self._input_stats[name]
+            scalars += self._input_stats[name][0]
+        input_layout = [(name, *self._input_stats[name][1:]) for name in input_names]
         stale = self._stale
         if stale is not None:
             scalars += list(stale)
@@ -329,7 +329,7 @@ class Monitor:
         flat = torch.stack([t.float() for t in scalars]).tolist() if scalars else []
         layout = [(name, *self._act_stats[name][1:]) for name in act_names]
         hists = {name: self._histogram(*self._hists[name]) for name in self._hists}
-        self._raw.append((self.step, n, flat, (layout, input_names, stale is not None), hists))
+        self._raw.append((self.step, n, flat, (layout, input_layout, stale is not None), hists))
         self._samples += 1
         self._act_stats.clear()
         self._input_stats.clear()
@@ -339,14 +339,14 @@ class Monitor:
         self._armed = False
 
     def _record(self, step: int, n: int, flat: list[float],
-                layouts: tuple[list[tuple[str, int, int, str | None, int]], list[str], bool],
+                layouts: tuple[list[tuple[str, int, int, str | None, int]], list[tuple[str, int, int]], bool],
                 hists: dict[str, dict[str, Any]], loss: float) -> dict[str, Any]:
         """One sample's numbers as a record: 3n weight numbers (gradient, weight and update
         norms), then per activation layer: sum, sqrt(sum of squares), [dead or saturated
         count], [dormant count], backpropagated gradient norm; then per watched layer input: dead units,
-        units, min, max, zeros, |x| > 0.99, |x - 0.5| > 0.49, count; then, when the cleared
+        min, max, zeros, |x| > 0.99, |x - 0.5| > 0.49 (its units and elements are in the layout); then, when the cleared
         check ran, the norms of the gradient found before the backward pass and of the new one."""
-        layout, input_names, has_stale = layouts
+        layout, input_layout, has_stale = layouts
         grad_norms, weight_norms, update_norms = flat[:n], flat[n:2 * n], flat[2 * n:3 * n]
         at = 3 * n
         layers: dict[str, dict[str, Any]] = {}
@@ -382,9 +382,9 @@ class Monitor:
                 entry["grad_rms"] = grad_norms[i] / math.sqrt(max(w.numel(), 1))
             entry["weight_norm"] = weight_norms[i]
             entry["update_ratio"] = update_norms[i] / weight_norms[i] if weight_norms[i] > 0 else float("inf")
-        for name in input_names:  # after the weights: the layers stay in the network's order
-            dead, units, lo, hi, zeros, beyond_tanh, beyond_sigmoid, count = flat[at:at + 8]
-            at += 8
+        for name, units, count in input_layout:  # after the weights: the layers stay in the network's order
+            dead, lo, hi, zeros, beyond_tanh, beyond_sigmoid = flat[at:at + 6]
+            at += 6
             entry = layers.setdefault(name, {"type": self._types.get(name, "Parameter")})
             entry["input_dead_fraction"] = dead / max(units, 1)
             # what made the input, read from its range: tanh-like values in (-1, 1) with some
