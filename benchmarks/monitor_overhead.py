@@ -8,6 +8,13 @@ gradient and update statistics, histograms every 10th sample, the explosion guar
 alternately (ABBA), the figure is the median of the ratios of neighbouring runs. Also
 times the preflight of ``examples/mnist1d-mlp.yaml``.
 
+Also the cost of each opt-in check (issue 15), as the ratio of whole ``babysit.run`` runs with
+the check on and off (monitors on in both, preflight and report off; ABBA, median of neighbouring
+ratios): ``checks.noise_scale`` and ``checks.sharpness_every`` (10 and 100) on
+``examples/mnist1d-mlp.yaml``, ``checks.transformer`` on ``examples/text-gpt.yaml``. They have no
+target: they are opt-in because they cost more than the monitors' budget, and each finding's
+advice says so.
+
 Prints one JSON line. Targets: ratio <= 1.10 for the MNIST-1D MLP and CNN, preflight <= 5 s
 (timed warm, and cold in a fresh process).
 
@@ -35,6 +42,14 @@ from babysit.train.callbacks import MonitorCallback  # noqa: E402
 from loop_overhead import babysit_loop, make_spec  # noqa: E402
 
 REPEATS = {"mlp": 12, "cnn": 10}
+OPT_IN_REPEATS = 4
+# (example, epochs, overrides of the check): the opt-in checks, each against the same run without it
+OPT_IN = {
+    "noise_scale": ("mnist1d-mlp.yaml", 8, {"checks": {"noise_scale": True}}),
+    "sharpness_every_100": ("mnist1d-mlp.yaml", 8, {"checks": {"sharpness_every": 100}}),
+    "sharpness_every_10": ("mnist1d-mlp.yaml", 8, {"checks": {"sharpness_every": 10}}),
+    "transformer": ("text-gpt.yaml", 1, {"checks": {"transformer": True}}),
+}
 EVERY = 10
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist1d-mlp.yaml"
 
@@ -72,6 +87,37 @@ def measure(kind: str) -> dict[str, float]:
     }
 
 
+def _with(raw: dict, overrides: dict) -> dict:
+    out = dict(raw)
+    for key, value in overrides.items():
+        out[key] = _with(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def opt_in(name: str) -> dict[str, float]:
+    """Whole runs of the example with the opt-in check on against off."""
+    import yaml
+
+    from babysit.run import run
+
+    example, epochs, overrides = OPT_IN[name]
+    raw = yaml.safe_load((EXAMPLE.parent / example).read_text())
+    base = _with(raw, {"train": {"epochs": epochs, "early_stopping": {"patience": None}},
+                       "checks": {"preflight": False}})
+    specs = {"off": config.validate(base), "on": config.validate(_with(base, overrides))}
+    splits = data.load(specs["off"].data)
+    times: dict[str, list[float]] = {"on": [], "off": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        run(specs["off"], Path(tmp) / "warmup", quiet=True, report=False, splits=splits)
+        for r in range(OPT_IN_REPEATS):
+            for which in (("on", "off") if r % 2 == 0 else ("off", "on")):
+                start = time.perf_counter()
+                run(specs[which], Path(tmp) / f"{which}{r}", quiet=True, report=False, splits=splits)
+                times[which].append(time.perf_counter() - start)
+    return {"ratio": round(statistics.median(a / b for a, b in zip(times["on"], times["off"], strict=True)), 3),
+            "off_s": round(statistics.median(times["off"]), 2), "example": example, "epochs": epochs}
+
+
 def preflight_seconds() -> float:
     """The preflight of examples/mnist1d-mlp.yaml in this (warm) process."""
     spec = config.load(EXAMPLE)
@@ -106,6 +152,7 @@ def main() -> None:
               "every": EVERY}
     for kind in ("mlp", "cnn"):
         result[kind] = measure(kind)
+    result["opt_in"] = {name: opt_in(name) for name in OPT_IN}
     result["preflight_mnist1d_mlp_s"] = round(preflight_seconds(), 3)
     result["preflight_mnist1d_mlp_cold_s"] = round(cold_preflight_seconds(), 3)
     print(json.dumps(result))

@@ -100,9 +100,9 @@ KILL_AND_RESUME = textwrap.dedent("""
 """)
 
 
-# the standard family in make test; the other four (15-22 s each on 2 cores) in make verify
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n == "standard" else [pytest.mark.slow])
-                                  for n in sorted(SPECS)])
+# make verify (15-32 s each on 2 cores); make test keeps test_rundir's kill in the first epoch
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SPECS))
 def test_sigkill_then_resume_gives_the_weights_of_an_uninterrupted_run(name, tmp_path):
     spec_file = spec_of(name, tmp_path)
     script = tmp_path / "kill.py"

@@ -91,6 +91,7 @@ def test_a_diverging_run_writes_strict_json(tmp_path, capsys):
             json.loads(line, parse_constant=no_constant)
 
 
+@pytest.mark.slow  # 35 s on 2 cores: a 150-epoch run, interrupted and then finished (make verify)
 def test_ctrl_c_says_how_to_continue_and_the_run_resumes(tmp_path):
     out = tmp_path / "run"
     train = [sys.executable, "-m", "babysit", "train", "data.source=spirals", "data.samples=3000", "train.epochs=150",

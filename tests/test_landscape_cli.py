@@ -15,6 +15,7 @@ from torch.func import functional_call
 
 import babysit
 from babysit import config, landscape
+from babysit.landscape.run import landscape_run
 from babysit.report.figures import PNG_SIGNATURE
 from babysit.run import run
 from babysit.run.load import trajectory_files
@@ -41,7 +42,7 @@ def runs(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("landscape")
     first = train(root / "a", "train.trajectory_every=2")
     second = train(root / "b", "seed=1")
-    result = landscape.landscape_run(first.path, ITEMS, resolution=RESOLUTION, quiet=True)
+    result = landscape_run(first.path, ITEMS, resolution=RESOLUTION, quiet=True)
     return {"a": first, "b": second, "landscape": result, "root": root}
 
 

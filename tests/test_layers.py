@@ -2,15 +2,20 @@
 
 Every module's imports of babysit modules are read with ``ast`` (at module level, inside
 functions and under ``TYPE_CHECKING`` alike: an import that runs late is still a dependency).
+Importing ``babysit.a.b`` also runs ``babysit/a/__init__.py``: so an import of a module from
+outside its package counts as an import of the package too.
 The layers, lowest first (DESIGN.md, "Layers"):
 
     errors, config, rundir        the spec and the run directory's files
     data, nets, optim             know nothing of training
-    train, checks                 generic: no model kind
+    train, checks, landscape's    generic: no model kind (the Hessian-vector products,
+      numerics                    Lanczos, the spectrum, surfaces: pure numerics, which
+                                  the sharpness check runs during training)
     families                      all kind-specific knowledge
     report                        the page every finished run ends with
     run                           one run path for every family
-    landscape, tune, studies      work on runs
+    landscape.run / .figures,     work on runs
+      tune, studies
     cli, babysit (the package)    entry points
 
 A module may import its own layer and the ones below it, never one above; and the import
@@ -27,11 +32,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "babysit"
 LAYERS: list[tuple[str, ...]] = [
     ("babysit.errors", "babysit.config", "babysit.rundir"),
     ("babysit.data", "babysit.nets", "babysit.optim"),
-    ("babysit.train", "babysit.checks"),
+    # babysit.landscape's numerics import only errors and nets (the package's __init__ too):
+    # the sharpness check's callback tracks lambda_max with them during training
+    ("babysit.train", "babysit.checks", "babysit.landscape"),
     ("babysit.families",),
     ("babysit.report",),
     ("babysit.run",),
-    ("babysit.landscape", "babysit.tune", "babysit.studies"),
+    ("babysit.landscape.run", "babysit.landscape.figures", "babysit.tune", "babysit.studies"),
     ("babysit.cli", "babysit.__main__", "babysit"),
 ]
 # function-local imports of babysit modules that keep `babysit --help` and `import babysit`
@@ -84,7 +91,16 @@ def imports(known: dict[str, Path]) -> list[tuple[str, str, int, bool]]:
                     target = target.rsplit(".", 1)[0]
                 if target in known and target != module:
                     found.append((module, target, node.lineno, id(node) in local))
+                    found += [(module, package, node.lineno, id(node) in local) for package in packages_run(module, target, known)]
     return found
+
+
+def packages_run(importer: str, target: str, known: dict[str, Path]) -> list[str]:
+    """The packages whose ``__init__`` importing ``target`` runs, below ``babysit`` and not
+    already running in ``importer`` (a module inside a package finds it initialised)."""
+    parts = target.split(".")
+    packages = [".".join(parts[:i]) for i in range(2, len(parts))]
+    return [p for p in packages if p in known and not (importer == p or importer.startswith(p + "."))]
 
 
 def cycles(edges: list[tuple[str, str, int, bool]]) -> list[list[str]]:
@@ -163,3 +179,7 @@ def test_the_checker_sees_an_upward_import_and_a_cycle():
             ("babysit.nets.mlp", "babysit.nets.layers", 1, False), ("babysit.nets.layers", "babysit.nets.mlp", 2, True)]
     assert layer_of("babysit.run.runner") > layer_of("babysit.data.sources")
     assert cycles(fake) == [["babysit.nets.layers", "babysit.nets.mlp"]]
+    # importing a module runs its packages' __init__: an edge to each, from outside them only
+    assert packages_run("babysit.train.loop", "babysit.landscape.hvp", KNOWN) == ["babysit.landscape"]
+    assert packages_run("babysit.landscape.spectrum", "babysit.landscape.hvp", KNOWN) == []
+    assert layer_of("babysit.landscape.run") > layer_of("babysit.run.runner") > layer_of("babysit.landscape.hvp")

@@ -29,13 +29,19 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yam
 DESIGN_IDS = [
     "initial_loss_off", "gradient_check_failed", "cannot_overfit_tiny_subset",
     "inputs_not_normalized", "symmetric_init", "batch_mixing",
+    "split_leakage", "conflicting_duplicates", "class_imbalance",  # the data (issue 16)
     "loss_exploded", "nonfinite_loss", "dead_relu", "dormant_units", "saturated_activations",
     "activation_collapse", "vanishing_gradients", "exploding_gradients", "update_ratio_high",
     "update_ratio_low",
     "gradients_accumulate", "loss_at_chance",  # a user's own loop (babysit.watch)
+    "loss_spike", "fp16_overflow",
+    "batch_too_small", "batch_too_large",  # McCandlish et al. 2018 (checks.noise_scale)
+    "edge_of_stability", "lr_beyond_stability",  # Cohen et al. 2021 (checks.sharpness_every)
+    "attention_entropy_collapse", "attention_logit_growth",  # checks.transformer
     "overfitting", "underfitting", "lr_too_high", "lr_too_low", "not_converged",
     "weight_decay_ineffective", "weight_decay_too_strong",  # Wang & Aitchison 2024
     "heldout_out_of_range", "test_val_gap",  # the held-out splits against training
+    "overconfident", "class_never_predicted", "weak_class", "label_noise",  # the model's answers
     "discriminator_wins", "mode_collapse",  # GAN rules (babysit.families.gan)
 ]  # fmt: skip
 

@@ -106,7 +106,7 @@ def test_every_monitor_number_is_a_scalar_equal_to_monitors_jsonl(trained):
             for step, value in expected.items():
                 assert got[step] == pytest.approx(value, rel=1e-6, abs=1e-12), (layer, key, step)
                 compared += 1
-    assert compared == 8 * (3 * 2 + 3 + 3)  # 8 samples: 3 linear layers, a ReLU and a tanh
+    assert compared == 8 * (3 * 2 + 4 + 4)  # 8 samples: 3 linear layers, a ReLU and a tanh (each with its dormant fraction)
     assert not any(tag.endswith(("/weight_norm", "/grad_rms", "/act_mean")) for tag in tags)  # jsonl only
 
 

@@ -190,7 +190,8 @@ def check(
     """Run only the preflight checks of a spec: nothing is trained and nothing is written.
 
     Checks the loss at init, the gradients against finite differences, that the network can
-    overfit a tiny subset, input scaling, symmetric init and mixing across the batch.
+    overfit a tiny subset, input scaling, symmetric init and mixing across the batch; and the
+    data: examples shared between splits, duplicates with conflicting labels, class balance.
     Exit code 1 when a check finds an error.
 
     Example:
@@ -205,7 +206,10 @@ def check(
     spec = config.load(spec_path, overrides)
     built = assemble(spec)  # what babysit train builds first: it refuses what train refuses
     findings = built.family.preflight(spec, built.model, built.loss_fn, built.splits)
-    for line in finding_lines(findings) or ["preflight: no problems found"]:
+    lines = finding_lines(findings)
+    if all(f.severity == "info" for f in findings):  # notes (info) are not problems
+        lines.append("preflight: no problems found" + (" (notes above)" if findings else ""))
+    for line in lines:
         typer.echo(line)
     if any(f.severity == "error" for f in findings):
         raise typer.Exit(1)
@@ -301,7 +305,9 @@ def batch_find_command(
     precision) and a few full training steps (forward, backward, optimizer step) after a
     warm-up; on CUDA the clock waits for the GPU. The search stops at the first size that
     runs out of GPU memory, or at the cap (--max, or the training-set size). Prints the
-    table, the largest batch that fits and the batch with the best throughput. Nothing is
+    table, the largest batch that fits and the batch with the best throughput, and the
+    gradient noise scale B_noise at initialisation (McCandlish et al. 2018: about the batch
+    beyond which larger ones stop cutting the steps; it grows during training). Nothing is
     trained for real and nothing is written unless --out is given.
 
     Examples:
@@ -444,6 +450,12 @@ def ensemble(
         None, "--out", "-o",
         help="Where to write ensemble.json and ensemble.png (default runs/ensemble, or runs/ensemble-N when that exists).",
     ),
+    calibrated: bool = typer.Option(
+        False, "--calibrated",
+        help="Divide each member's logits by the temperature fitted on its validation split (its calibration.json) "
+             "before averaging. Off by default: averaging already softens the members, and calibrated members can "
+             "make an underconfident ensemble; compare the losses.",
+    ),
 ) -> None:
     """Score the ensemble of trained runs: the mean of their predicted probabilities.
 
@@ -467,7 +479,7 @@ def ensemble(
         write_ensemble,
     )
 
-    result = ensemble_runs(run_dirs)
+    result = ensemble_runs(run_dirs, calibrated=calibrated)
     _print_table(ensemble_table(result))
     for line in ensemble_lines(result):
         typer.echo(line)
@@ -537,6 +549,12 @@ def sample(
                                       help="Divides the logits: below 1 safer, above 1 wilder; 0 always takes the likeliest."),
     top_k: int | None = typer.Option(None, "--top-k", help="Draw only among the k likeliest characters.", show_default=False),
     seed: int = typer.Option(0, "--seed", help="Seeds the draws: the same seed gives the same text."),
+    calibrated: bool = typer.Option(
+        False, "--calibrated",
+        help="Multiply --temperature by the temperature fitted on the run's validation text (calibration.json): "
+             "--temperature 1 then draws from the calibrated next-character probabilities. Off by default, so "
+             "--temperature keeps its usual meaning.",
+    ),
 ) -> None:
     """Generate text with a trained language model: continue --prompt one character at a time.
 
@@ -550,7 +568,8 @@ def sample(
     """
     from babysit.families.language import sample_text
 
-    typer.echo(sample_text(run_dir, prompt, tokens, temperature=temperature, top_k=top_k, seed=_check_seed(seed)))
+    typer.echo(sample_text(run_dir, prompt, tokens, temperature=temperature, top_k=top_k, seed=_check_seed(seed),
+                           calibrated=calibrated))
 
 
 @app.command(cls=Command)

@@ -116,6 +116,7 @@ class ModelSpec(Section):
     layers: int = Field(4, ge=1)  # gpt: transformer blocks
     heads: int = Field(4, ge=1)  # gpt: attention heads per block
     embed: int = Field(128, ge=1)  # gpt: embedding width (a multiple of heads)
+    qk_norm: bool = False  # gpt: layer-normalise queries and keys before the dot product (Dehghani et al. 2023)
 
     @model_validator(mode="before")
     @classmethod
@@ -202,6 +203,9 @@ class TrainSpec(Section):
     checkpoint_every_s: float = Field(10.0, ge=0.0)  # save last.pt at most this often (and after the last epoch)
     snapshots: int | None = Field(None, ge=2)  # snapshot ensemble: keep the last K cycle-end weights (cyclic schedules)
     trajectory_every: int | None = Field(None, ge=1)  # steps between weight snapshots in checkpoints/trajectory/ (None: off)
+    # a loss above checks.spike_factor x its moving average: stop (the explosion guard, as before),
+    # skip that batch's update, or roll back to the last good in-memory state and skip the batches
+    on_spike: Literal["stop", "skip", "rollback"] = "stop"
 
 
 class ChecksSpec(Section):
@@ -209,6 +213,12 @@ class ChecksSpec(Section):
     monitors: bool = True
     every: int = Field(10, ge=1)
     explosion_factor: float = Field(EXPLOSION_FACTOR, gt=1.0)
+    spike_factor: float = Field(3.0, gt=1.0)  # a loss spike: above this multiple of the loss's moving average
+    # opt-in checks that cost more than the monitors' budget (see each finding's advice)
+    noise_scale: bool = False  # gradient noise scale B_noise (McCandlish et al. 2018), every N steps
+    sharpness_every: int | None = Field(None, ge=1)  # lambda_max of the Hessian every N steps (edge of stability)
+    transformer: bool = False  # gpt: attention entropy, attention / output logits, residual-stream norms
+    label_noise: bool = False  # confident learning over cross-validated probabilities (k extra fits) -> label_issues.json
 
 
 class Experiment(Section):
@@ -217,6 +227,8 @@ class Experiment(Section):
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     loss: LossName = "cross_entropy"
+    loss_weights: Literal["none", "balanced"] = "none"  # balanced: each class weighted by N / (C x its count)
+    loss_z: float = Field(0.0, ge=0.0)  # z-loss coefficient on the output logits' log Z (PaLM: 1e-4); 0 is off
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     regularization: RegularizationSpec = Field(default_factory=RegularizationSpec)

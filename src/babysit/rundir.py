@@ -83,7 +83,12 @@ LOCK = ".babysit.lock"  # held by the process writing a run (see run_lock)
 # what a run writes besides config.yaml and its checkpoints: cleared when a run that never
 # reached its first checkpoint starts again in its own directory
 RUN_FILES = ("metrics.jsonl", "monitors.jsonl", "findings.json", "summary.json", "report.html",
-             "checkpoints/best.pt")
+             "checkpoints/best.pt",
+             # the opt-in checks' samples (babysit.families.dynamics)
+             "noise_scale.jsonl", "sharpness.jsonl", "transformer.jsonl",
+             # the data and the model's answers (babysit.checks.data_checks, babysit.checks.answers)
+             "leakage.json", "leakage.npz", "calibration.json",
+             "label_issues.json", "label_issues.npz")  # checks.label_noise (babysit.checks.label_noise)
 
 
 def has_checkpoint(path: Path) -> bool:

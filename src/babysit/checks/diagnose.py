@@ -746,7 +746,8 @@ def _chance_and_task(spec: Any) -> tuple[float | None, str]:
         splits = data_module.load(spec.data)
     except (BabysitError, OSError, ValueError):
         return None, "classification"
-    return losses.chance_loss(spec.loss, splits.task, splits.num_classes, splits.train.y), splits.task
+    return losses.chance_loss(spec.loss, splits.task, splits.num_classes, splits.train.y,
+                              balanced=spec.loss_weights == "balanced"), splits.task
 
 
 def diagnose_run(path: str | Path, *, chance_loss: float | None = None, task: str | None = None) -> list[Finding]:

@@ -32,6 +32,9 @@ FINDINGS: dict[str, str] = {
     "inputs_not_normalized": "Inputs not normalized",
     "symmetric_init": "Symmetric initialization",
     "batch_mixing": "Examples mix across the batch",
+    "split_leakage": "Examples shared between splits",
+    "conflicting_duplicates": "Duplicate examples with different labels",
+    "class_imbalance": "Classes far out of balance",
     # while training (monitors)
     "loss_exploded": "Loss exploded",
     "nonfinite_loss": "Non-finite loss",
@@ -45,6 +48,15 @@ FINDINGS: dict[str, str] = {
     "update_ratio_low": "Update/weight ratio too low",
     "gradients_accumulate": "Gradients accumulate across steps",
     "loss_at_chance": "Loss stuck at chance",
+    "loss_spike": "Loss spike",
+    "fp16_overflow": "fp16 overflow",
+    # opt-in training dynamics (checks: noise_scale, sharpness_every, transformer)
+    "batch_too_small": "Batch far below the critical batch size",
+    "batch_too_large": "Batch far above the critical batch size",
+    "edge_of_stability": "At the edge of stability",
+    "lr_beyond_stability": "Learning rate beyond the stability limit",
+    "attention_entropy_collapse": "Attention entropy collapse",
+    "attention_logit_growth": "Attention or output logits grow without bound",
     # after training (diagnosis)
     "overfitting": "Overfitting",
     "underfitting": "Underfitting",
@@ -56,14 +68,23 @@ FINDINGS: dict[str, str] = {
     # the held-out splits against the training split (babysit.checks.heldout)
     "heldout_out_of_range": "Held-out inputs far outside the training range",
     "test_val_gap": "Test loss far above validation",
+    # the model's answers (babysit.checks.answers) and the labels (checks.label_noise)
+    "overconfident": "Overconfident probabilities",
+    "class_never_predicted": "A class is never predicted",
+    "weak_class": "A class far below the others",
+    "label_noise": "Likely mislabeled examples",
     # GAN (babysit.families.gan): the adversarial game itself, read from its curves
     "discriminator_wins": "Discriminator wins outright",
     "mode_collapse": "Mode collapse",
 }
 
-# the preflight checks' ids, in the order preflight runs them (checks/preflight.py)
-PREFLIGHT_IDS: tuple[str, ...] = ("inputs_not_normalized", "symmetric_init", "initial_loss_off", "batch_mixing",
-                                  "gradient_check_failed", "cannot_overfit_tiny_subset")
+# the preflight checks of the model, in the order preflight runs them (checks/preflight.py)
+MODEL_PREFLIGHT_IDS: tuple[str, ...] = ("inputs_not_normalized", "symmetric_init", "initial_loss_off", "batch_mixing",
+                                        "gradient_check_failed", "cannot_overfit_tiny_subset")
+# the preflight checks of the data (checks/data_checks.py), which a family's preflight hook adds
+DATA_PREFLIGHT_IDS: tuple[str, ...] = ("split_leakage", "conflicting_duplicates", "class_imbalance")
+# every finding made before training: what a resumed run keeps from its findings.json
+PREFLIGHT_IDS: tuple[str, ...] = MODEL_PREFLIGHT_IDS + DATA_PREFLIGHT_IDS
 SEVERITIES = ("info", "warning", "error")
 _RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 
@@ -113,13 +134,22 @@ def sort_findings(findings: list[Finding]) -> list[Finding]:
 # larger learning rate; gradients that fade through dead units are not a depth problem. The
 # cause keeps its finding and advice; each consequence becomes info that names the cause.
 # cause -> the findings it explains (the first cause present wins)
+# a class the model never predicts, or one far below the others, follows from a net that has not
+# learnt the task yet (stopped early, underfit, at chance, diverged, dead) or from a training set
+# that barely shows the class: the per-class findings then name that cause rather than a new one
+_PER_CLASS = ("class_never_predicted", "weak_class")
 _EXPLAINS: dict[str, tuple[str, ...]] = {
-    "dead_relu": ("update_ratio_low", "lr_too_low", "vanishing_gradients", "activation_collapse"),
+    "dead_relu": ("update_ratio_low", "lr_too_low", "vanishing_gradients", "activation_collapse", *_PER_CLASS),
     "gradients_accumulate": ("update_ratio_low", "lr_too_low", "exploding_gradients", "update_ratio_high"),
-    "nonfinite_loss": ("update_ratio_low", "lr_too_low"),
-    "loss_exploded": ("update_ratio_low", "lr_too_low"),
+    "nonfinite_loss": ("update_ratio_low", "lr_too_low", *_PER_CLASS),
+    "loss_exploded": ("update_ratio_low", "lr_too_low", *_PER_CLASS),
     "lr_too_high": ("update_ratio_low", "lr_too_low"),
     "update_ratio_high": ("update_ratio_low", "lr_too_low"),
+    "class_imbalance": _PER_CLASS,
+    "loss_at_chance": _PER_CLASS,
+    "underfitting": _PER_CLASS,
+    "not_converged": _PER_CLASS,
+    "lr_too_low": _PER_CLASS,
 }
 _RAISE_THE_LR = ("update_ratio_low", "lr_too_low")
 
@@ -247,5 +277,5 @@ def _first_sentence(text: str) -> str:
     return text
 
 
-__all__ = ["FINDINGS", "PREFLIGHT_IDS", "SEVERITIES", "Finding", "finding_lines", "findings_markdown",
-           "findings_table", "reconcile", "sort_findings", "write_findings"]
+__all__ = ["DATA_PREFLIGHT_IDS", "FINDINGS", "MODEL_PREFLIGHT_IDS", "PREFLIGHT_IDS", "SEVERITIES", "Finding",
+           "finding_lines", "findings_markdown", "findings_table", "reconcile", "sort_findings", "write_findings"]

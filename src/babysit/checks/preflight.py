@@ -41,12 +41,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize as torch_parametrize
 
-from babysit.checks.findings import PREFLIGHT_IDS, Finding, sort_findings
+from babysit.checks.findings import MODEL_PREFLIGHT_IDS, Finding, sort_findings
 from babysit.nets.layers import GaussianNoise, SignUnit
 from babysit.nets.perceptron import Perceptron
 from babysit.optim import losses as babysit_losses
 
-ALL: tuple[str, ...] = PREFLIGHT_IDS  # every check, in the order they run
+ALL: tuple[str, ...] = MODEL_PREFLIGHT_IDS  # every check of the model, in the order they run
 
 MAX_EXAMPLES = 512  # examples preflight looks at (statistics, initial loss)
 MAX_BATCHES = 4  # batches taken from an iterable ``data``
@@ -520,6 +520,9 @@ _FLOAT64_EPS = torch.finfo(torch.float64).eps
 
 def _layer_errors(ctx: _Context) -> tuple[dict[str, float], list[str]]:
     model = copy.deepcopy(ctx.model).cpu().double().eval()  # eval: dropout off
+    loss_fn = ctx.loss_fn
+    if isinstance(loss_fn, nn.Module):  # its buffers (class weights) in float64 on the CPU too
+        loss_fn = copy.deepcopy(loss_fn).cpu().double()
     x = ctx.x[:GRAD_BATCH].cpu()
     x = x.double() if torch.is_floating_point(x) else x
     y = ctx.y[:GRAD_BATCH].cpu()
@@ -531,10 +534,10 @@ def _layer_errors(ctx: _Context) -> tuple[dict[str, float], list[str]]:
 
     def loss() -> float:
         with torch.no_grad():
-            return float(ctx.loss_fn(model(x), y))
+            return float(loss_fn(model(x), y))
 
     model.zero_grad(set_to_none=True)
-    ctx.loss_fn(model(x), y).backward()
+    loss_fn(model(x), y).backward()
     base = loss()
     gen = torch.Generator().manual_seed(ctx.seed)
     errors: dict[str, float] = {}

@@ -63,6 +63,10 @@ class Batches:
         self.generator = generator
         self.shuffle = shuffle
         self.rank, self.world_size = rank, world_size
+        # the current epoch's example order (indices into x, in the order batches are yielded;
+        # None: 0..n-1) and this process's batch length: see batch_indices
+        self.order: Tensor | None = None
+        self._per = self.batch_size
         if world_size > 1:
             if batch_size != "full" and self.batch_size % world_size:
                 raise ValueError(f"Batches: batch_size {self.batch_size} does not divide over {world_size} ranks")
@@ -79,14 +83,36 @@ class Batches:
             yield from self._shard()
             return
         x, y = self.x, self.y
+        self.order, self._per = None, self.batch_size
         if self.shuffle and len(self) > 1:
             # randperm must run on the generator's device; a CPU generator with CUDA data
             # (the usual, checkpointable choice) costs one n-element index copy per epoch.
             device = self.generator.device if self.generator is not None else x.device
             perm = torch.randperm(self.n, generator=self.generator, device=device).to(x.device)
             x, y = x[perm], y[perm]  # one gather per epoch; batches below are views
+            self.order = perm
         for start in range(0, self.n, self.batch_size):
             yield x[start:start + self.batch_size], y[start:start + self.batch_size]
+
+    def batch_indices(self, i: int) -> Tensor:
+        """The indices (into ``x`` / ``y``) of the examples of batch ``i`` of the epoch being
+        (or last) iterated: the training loop names the examples of a spiked batch with it. It
+        keeps the epoch's permutation, which it draws anyway: nothing per batch.
+
+        Example
+        -------
+        >>> x, y = torch.arange(6.0).unsqueeze(1), torch.arange(6)
+        >>> batches = Batches(x, y, 4, torch.Generator().manual_seed(0))
+        >>> xb, _ = list(batches)[1]
+        >>> bool((x[batches.batch_indices(1)] == xb).all())
+        True
+        """
+        if i < 0:
+            raise IndexError(f"Batches.batch_indices: batch {i}")
+        start, stop = i * self._per, (i + 1) * self._per
+        if self.order is None:
+            return torch.arange(start, min(stop, self.n), device=self.x.device)
+        return self.order[start:stop]
 
     def _shard(self) -> Iterator[tuple[Tensor, Tensor]]:
         """This rank's slice of every global batch: one gather of its examples per epoch,
@@ -103,6 +129,7 @@ class Batches:
         mine = torch.cat([order[:full * size].view(full, size)[:, rank * per:(rank + 1) * per].reshape(-1),
                           order[full * size + rank * last:full * size + (rank + 1) * last]])
         x, y = self.x[mine], self.y[mine]
+        self.order, self._per = mine, per
         for start in range(0, full * per, per):
             yield x[start:start + per], y[start:start + per]
         if last:

@@ -329,6 +329,14 @@ class GANFamily:
             if value != default:
                 raise BabysitError(f"{key}: not used by kind gan (its loop trains two networks on the GAN objective); "
                                    f"leave it at {default!r}, got {value!r}")
+        for check in ("noise_scale", "sharpness_every", "transformer", "label_noise"):  # one network, one loss
+            if getattr(spec.checks, check):
+                raise BabysitError(f"checks.{check}: not available for kind gan (the check follows one network "
+                                   f"trained on one loss); leave it off")
+        for key, default in (("loss_z", 0.0), ("loss_weights", "none")):  # top-level keys
+            if getattr(spec, key) != default:
+                raise BabysitError(f"{key}: not used by kind gan (its loop trains two networks on the GAN objective); "
+                                   f"leave it at {default!r}, got {getattr(spec, key)!r}")
 
     def adapt(self, spec: Experiment, splits: Splits) -> Splits:
         return splits
@@ -357,8 +365,9 @@ class GANFamily:
         # (checks.explosion_factor does not apply to a GAN)
         return math.inf
 
-    def preflight(self, spec: Experiment, model: nn.Module, loss_fn: Any, splits: Splits) -> list[Finding]:
-        return gan_preflight(model, splits.train.x, spec.seed)
+    def preflight(self, spec: Experiment, model: nn.Module, loss_fn: Any, splits: Splits,
+                  run_dir: Path | None = None) -> list[Finding]:
+        return gan_preflight(model, splits.train.x, spec.seed)  # no held-out split to leak into
 
     def findings(self, run: RunContext) -> list[Finding]:
         # the after-run rules of checks/diagnose.py read train and validation losses; a GAN's two

@@ -24,6 +24,7 @@ from torch import nn
 
 from babysit import data as data_module
 from babysit import nets
+from babysit.checks.answers import saved_temperature
 from babysit.config import RECURRENT_KINDS, Experiment
 from babysit.data import Splits
 from babysit.data.text import decode, encode
@@ -82,11 +83,14 @@ LANGUAGE = LanguageFamily()
 
 
 def sample_text(run_dir: str | Path, prompt: str = "", tokens: int = 200, *, temperature: float = 1.0,
-                top_k: int | None = None, seed: int = 0) -> str:
+                top_k: int | None = None, seed: int = 0, calibrated: bool = False) -> str:
     """Text a trained language-model run writes after ``prompt``: ``tokens`` characters, drawn
     at ``temperature`` (0: always the likeliest) among the ``top_k`` likeliest when given,
     seeded by ``seed``. Uses the run's best weights (else its last) and its vocabulary
     (``vocab.json``); returns the prompt followed by the new text. What ``babysit sample`` prints.
+    ``calibrated``: draw at ``temperature`` times the temperature fitted on the run's validation
+    tokens (calibration.json), so that ``temperature`` 1 draws from the calibrated next-token
+    probabilities (Guo et al. 2017).
 
     Example
     -------
@@ -127,6 +131,8 @@ def sample_text(run_dir: str | Path, prompt: str = "", tokens: int = 200, *, tem
             raise
         raise BabysitError(f"{vocab_file.name} ({len(vocab)} characters) does not fit {checkpoint}: "
                            f"the vocabulary is not the one the network was trained over") from None
+    if calibrated:  # logits / (t * T): t applies to the calibrated distribution
+        temperature *= saved_temperature(run.path)
     start = prompt or ("\n" if "\n" in vocab else vocab[0])  # an empty prompt starts a new line
     ids = torch.from_numpy(encode(start, vocab))[None]  # (1, t)
     out = generate(model, ids, tokens, spec.data.context, temperature=temperature, top_k=top_k,

@@ -119,7 +119,8 @@ class PerceptronFamily(StandardFamily):
         return spec.loss == "perceptron"
 
     def callbacks(self, run: RunContext) -> list[Callback]:
-        return [SeparationStop(run.loss_fn)]  # first: it adds the epoch's mistakes to its logs
+        # first: it adds the epoch's mistakes to its logs
+        return [SeparationStop(run.loss_fn), *super().callbacks(run)]
 
     def explosion_factor(self, spec: Experiment) -> float:
         return math.inf

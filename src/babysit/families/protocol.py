@@ -82,8 +82,10 @@ class Family(Protocol):
         """The monitors' explosion guard factor (``inf``: only NaN / inf stop the run)."""
         ...
 
-    def preflight(self, spec: Experiment, model: nn.Module, loss_fn: Any, splits: Splits) -> list[Finding]:
-        """The checks before the first step."""
+    def preflight(self, spec: Experiment, model: nn.Module, loss_fn: Any, splits: Splits,
+                  run_dir: Path | None = None) -> list[Finding]:
+        """The checks before the first step; ``run_dir``: where they may leave files (leakage.json),
+        None when nothing is written (``babysit check``)."""
         ...
 
     def findings(self, run: RunContext) -> list[Finding]:

@@ -16,8 +16,12 @@ is evaluated in eval mode on copies of its weights and comes back bit for bit as
   :func:`weight_singular_values` (dynamical isometry)
 - :mod:`~babysit.landscape.surface`: :func:`random_directions`, :func:`trajectory_directions`,
   :func:`loss_surface`, :func:`interpolate`
-- :mod:`~babysit.landscape.run`: :func:`load_run`, :func:`landscape_run` (``babysit
-  landscape RUN``: landscape.json, figures, report); :mod:`~babysit.landscape.figures`
+- :mod:`~babysit.landscape.run`: ``landscape_run`` (``babysit landscape RUN``:
+  landscape.json, figures, report); :mod:`~babysit.landscape.figures`. Import them from
+  there: they sit in a layer above the rest (they read runs and write reports), and this
+  package imports only the numerics above, so a lower layer may use those (the sharpness
+  check's callback tracks lambda_max with :mod:`~babysit.landscape.spectrum` during
+  training) without importing the run path back (tests/test_layers.py).
 
 Example
 -------
@@ -40,7 +44,6 @@ from babysit.landscape.jacobian import (
     jacobian_singular_values,
     weight_singular_values,
 )
-from babysit.landscape.run import LoadedRun, landscape_run, load_run
 from babysit.landscape.spectrum import (
     HessianEigen,
     SpectralDensity,
@@ -65,7 +68,6 @@ __all__ = [
     "HessianOperator",
     "Interpolation",
     "JacobianSpectrum",
-    "LoadedRun",
     "LossSurface",
     "SpectralDensity",
     "TraceEstimate",
@@ -76,8 +78,6 @@ __all__ = [
     "hessian_vector_product",
     "interpolate",
     "jacobian_singular_values",
-    "landscape_run",
-    "load_run",
     "loss_surface",
     "random_directions",
     "select_parameters",

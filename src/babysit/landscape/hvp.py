@@ -212,6 +212,14 @@ class HessianOperator:
         Parameter or module names; ``None`` for every parameter that requires grad.
     batch_size
         Split ``data`` (or each of its batches) into chunks of this size, to bound memory.
+    scale
+        A flat positive vector ``s`` of length ``dim``, or None. With it the operator is
+        ``diag(s) H diag(s)``, the Hessian in the rescaled coordinates ``θ = s * φ`` (and
+        :meth:`gradient` is ``s * g``, the gradient in those coordinates). An adaptive
+        optimizer's step ``P^-1 g`` with ``P = diag(p)`` is gradient descent in such
+        coordinates, ``s = p^(-1/2)``: the top eigenvalue of this operator is then that of
+        ``P^-1 H`` (similar matrices), the preconditioned sharpness of Cohen et al. (2022,
+        arXiv 2207.14484).
     """
 
     def __init__(
@@ -221,6 +229,7 @@ class HessianOperator:
         data: Data,
         params: Sequence[str] | None = None,
         batch_size: int | None = None,
+        scale: Tensor | None = None,
     ):
         self.model = model
         self.loss_fn = loss_fn
@@ -249,6 +258,11 @@ class HessianOperator:
         # batch weights n_b / N: the dataset loss is the example-weighted mean
         self.weights = [len(x) / self.examples for x, _ in self.batches]
         self.matvecs = 0
+        if scale is not None:
+            if scale.shape != (self.dim,):
+                raise ValueError(f"scale: expected shape ({self.dim},), got {tuple(scale.shape)}")
+            scale = scale.detach().to(device=self.device, dtype=self.dtype)
+        self.scale = scale
 
     # ----------------------------------------------------------------- pieces
 
@@ -282,13 +296,16 @@ class HessianOperator:
             for w, (x, y) in zip(self.weights, self.batches, strict=True):
                 (g,) = torch.autograd.grad(self.batch_loss(theta, x, y), theta)
                 grad.add_(g, alpha=w)
-        return grad.detach()
+        return grad.detach() if self.scale is None else grad.detach() * self.scale
 
     def matvec(self, v: Tensor) -> Tensor:
-        """``H v`` for a flat vector ``v``: per batch, the gradient of ``g_b . v``."""
+        """``H v`` for a flat vector ``v``: per batch, the gradient of ``g_b . v``
+        (``s * H (s * v)`` with a ``scale`` s)."""
         if v.shape != (self.dim,):
             raise ValueError(f"v: expected shape ({self.dim},), got {tuple(v.shape)}")
         v = v.detach().to(device=self.device, dtype=self.dtype)
+        if self.scale is not None:
+            v = v * self.scale
         theta = self.theta.detach().requires_grad_(True)
         out = torch.zeros_like(theta)
         with frozen_eval(self.model), twice_differentiable(self.model):
@@ -297,7 +314,7 @@ class HessianOperator:
                 (hv,) = torch.autograd.grad(g @ v, theta)
                 out.add_(hv, alpha=w)
         self.matvecs += 1
-        return out.detach()
+        return out.detach() if self.scale is None else out.detach() * self.scale
 
     __call__ = matvec
 

@@ -127,6 +127,7 @@ def hessian_eigenvalues(
     seed: int = 0,
     params: Sequence[str] | None = None,
     batch_size: int | None = None,
+    start: Tensor | None = None,
 ) -> HessianEigen:
     """The ``k`` extreme eigenpairs of the Hessian of the dataset loss.
 
@@ -153,6 +154,13 @@ def hessian_eigenvalues(
         Seeds the start vectors (a ``torch.Generator``; the global RNG is untouched).
     params, batch_size
         Parameter or module names to restrict to; chunk size for the data.
+    start
+        Lanczos only: the first run's start vector (flat, length D; need not be unit)
+        instead of a random one. Tracking lambda_max along training, the last step's top
+        eigenvector is a warm start: the Krylov space holds the new one almost at once
+        and far fewer products are needed (a start that is already an eigenvector
+        converges in one). A start nearly orthogonal to the wanted eigenvector can stop on
+        another one first: a warm start assumes the top direction moved little since.
 
     Example
     -------
@@ -171,9 +179,15 @@ def hessian_eigenvalues(
     if tol is None:
         tol = DEFAULT_TOL.get(op.dtype, 1e-3)
     generator = torch.Generator().manual_seed(seed)
-    start = op.matvecs
+    if start is not None:
+        if method != "lanczos":
+            raise BabysitError(f"start: only method='lanczos' takes a start vector, got method={method!r}")
+        if start.shape != (op.dim,) or not bool(torch.isfinite(start).all()) or float(start.norm()) == 0.0:
+            raise BabysitError(f"start: expected a finite non-zero vector of shape ({op.dim},), "
+                               f"got shape {tuple(start.shape)}")
+    products_before = op.matvecs
     if method == "lanczos":
-        values, vectors, converged = _lanczos_eigen(op, k, which, tol, max_steps, generator)
+        values, vectors, converged = _lanczos_eigen(op, k, which, tol, max_steps, generator, start)
     elif method == "power":
         values, vectors, converged = _power_eigen(op, k, which, tol, max_steps, generator)
     else:
@@ -187,7 +201,7 @@ def hessian_eigenvalues(
         residuals=residuals.to(torch.float64),
         which=which,
         method=method,
-        matvecs=op.matvecs - start,
+        matvecs=op.matvecs - products_before,
         converged=converged,
         tol=tol,
         names=list(op.names),
@@ -195,7 +209,7 @@ def hessian_eigenvalues(
     )
 
 
-def _lanczos_eigen(op, k, which, tol, max_steps, generator) -> tuple[Tensor, Tensor, bool]:
+def _lanczos_eigen(op, k, which, tol, max_steps, generator, start=None) -> tuple[Tensor, Tensor, bool]:
     """Lanczos until the wanted pairs converge, then again in their complement.
 
     One start vector sees one copy of a repeated eigenvalue (its Krylov space holds one
@@ -214,7 +228,7 @@ def _lanczos_eigen(op, k, which, tol, max_steps, generator) -> tuple[Tensor, Ten
         if deflate is not None and len(deflate) >= op.dim:
             break
         new_values, new_vectors, new_converged = _lanczos_run(
-            op, k, which, tol, max_steps, generator, deflate
+            op, k, which, tol, max_steps, generator, deflate, start if deflate is None else None
         )
         merged_values = torch.cat([values, new_values])
         merged_vectors = torch.cat([vectors, new_vectors])
@@ -228,8 +242,8 @@ def _lanczos_eigen(op, k, which, tol, max_steps, generator) -> tuple[Tensor, Ten
     return values.to(op.dtype), vectors, converged
 
 
-def _lanczos_run(op, k, which, tol, max_steps, generator, deflate):
-    run = Lanczos(op.matvec, op.dim, op.dtype, generator, op.device, restart=True, deflate=deflate)
+def _lanczos_run(op, k, which, tol, max_steps, generator, deflate, start=None):
+    run = Lanczos(op.matvec, op.dim, op.dtype, generator, op.device, start=start, restart=True, deflate=deflate)
     k = min(k, run.space)
     converged = False
     while run.steps < max_steps and not run.exhausted:

@@ -11,6 +11,12 @@ Follows GPT-2 (Radford et al. 2019) as nanoGPT (Karpathy) writes it, in small:
   gives the next-token prediction at every position of a window (Vaswani et al. 2017).
 - Pre-norm blocks (LayerNorm before each sub-layer, GPT-2's order) keep the residual path an
   identity, which trains stably without warm-up at this size (Xiong et al. 2020).
+- ``model.qk_norm: true`` adds qk-layernorm: a LayerNorm over each head's query and key
+  vectors before the dot product (Dehghani et al. 2023, "Scaling vision transformers to 22
+  billion parameters", arXiv 2302.05442; Wortsman et al. 2023, "Small-scale proxies for
+  large-scale Transformer training instabilities", arXiv 2309.14322). It bounds the attention
+  logits, whose growth otherwise collapses attention to one key at high learning rates. Off by
+  default: the default network is GPT-2's, parameter for parameter.
 - The output head shares its weight with the token embedding (Press & Wolf 2017, "Using the
   output embedding to improve language models"): fewer parameters, and a token's input and
   output vectors learn from each other.
@@ -22,6 +28,11 @@ Follows GPT-2 (Radford et al. 2019) as nanoGPT (Karpathy) writes it, in small:
 Sizes: ``model.embed`` (a multiple of ``model.heads``), ``model.heads``, ``model.layers``;
 the context is the data's window length (``data.context``), read off the input shape;
 ``model.dropout`` on embeddings, attention and residual branches.
+
+:func:`transformer_probe` runs one no-grad forward that writes the attention weights out
+(the training forward's fused attention never forms them) and returns what
+``checks.transformer`` watches: each head's attention entropy and largest logit, the
+residual stream's RMS after each block, and the output logits' log Z.
 
 Example
 -------
@@ -36,6 +47,7 @@ True
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,25 +60,59 @@ INIT_STD = 0.02  # GPT-2
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention where each position sees itself and the positions before it."""
+    """Multi-head self-attention where each position sees itself and the positions before it.
 
-    def __init__(self, embed: int, heads: int, dropout: float):
+    ``qk_norm``: LayerNorm over each head's queries and keys (one LayerNorm of the head size,
+    shared by the heads) before the dot product (the module docstring's qk-layernorm).
+    While :attr:`probe` is a dict, the forward computes the attention weights explicitly and
+    stores each head's entropy and largest logit there (see :func:`transformer_probe`).
+    """
+
+    def __init__(self, embed: int, heads: int, dropout: float, qk_norm: bool = False):
         super().__init__()
         self.heads = heads
         self.dropout = dropout
         self.qkv = nn.Linear(embed, 3 * embed)  # queries, keys and values of every head in one matmul
         self.proj = nn.Linear(embed, embed)  # writes into the residual stream
         self.resid_dropout = nn.Dropout(dropout)
+        # None without qk_norm: the default network has GPT-2's parameters, no more
+        self.q_norm = nn.LayerNorm(embed // heads) if qk_norm else None
+        self.k_norm = nn.LayerNorm(embed // heads) if qk_norm else None
+        self.probe: dict[str, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
         # (B, T, C) -> (B, nh, T, hs): each head attends over the sequence on its own slice
         q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=True)  # (B, nh, T, hs)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # over hs: |q.k| / sqrt(hs) is bounded by the gains
+        if self.probe is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                               is_causal=True)  # (B, nh, T, hs)
+        else:
+            y = self._probed_attention(q, k, v, self.probe)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C): heads side by side
         return self.resid_dropout(self.proj(y))
+
+    def _probed_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          probe: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What ``scaled_dot_product_attention(..., is_causal=True)`` computes, with the weights
+        formed explicitly so that ``probe`` gets, per head (nh,): ``entropy``, the entropy in nats
+        of the attention distribution averaged over the batch and the queries 1..T-1 (query 0
+        sees one key: entropy 0 whatever the weights), and ``max_logit``, the largest |q.k|/sqrt(hs)
+        over the keys each query sees."""
+        T = q.shape[-2]
+        logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, nh, T, hs) x (B, nh, hs, T) -> (B, nh, T, T)
+        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)  # key after query
+        logits = logits.masked_fill(future, float("-inf"))
+        weights = logits.softmax(-1)  # (B, nh, T, T), zero on the future
+        # -sum p log p with 0 log 0 = 0 (the masked keys); (B, nh, T) -> (nh,) over batch and queries 1..T-1
+        entropy = -torch.special.xlogy(weights, weights).sum(-1)
+        probe["entropy"] = entropy[:, :, 1:].mean((0, 2)) if T > 1 else entropy.mean((0, 2))
+        probe["max_logit"] = logits.masked_fill(future, 0.0).abs().amax((0, 2, 3))
+        weights = F.dropout(weights, self.dropout, self.training)
+        return weights @ v  # (B, nh, T, T) x (B, nh, T, hs) -> (B, nh, T, hs)
 
 
 class FeedForward(nn.Module):
@@ -86,10 +132,10 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """One pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
 
-    def __init__(self, embed: int, heads: int, dropout: float):
+    def __init__(self, embed: int, heads: int, dropout: float, qk_norm: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(embed)
-        self.attn = CausalSelfAttention(embed, heads, dropout)
+        self.attn = CausalSelfAttention(embed, heads, dropout, qk_norm)
         self.norm2 = nn.LayerNorm(embed)
         self.mlp = FeedForward(embed, dropout)
 
@@ -103,13 +149,14 @@ class GPT(nn.Module):
 
     initializes_itself = True  # nets.build leaves GPT-2's init alone (model.init does not apply)
 
-    def __init__(self, vocab: int, context: int, embed: int, layers: int, heads: int, dropout: float = 0.0):
+    def __init__(self, vocab: int, context: int, embed: int, layers: int, heads: int, dropout: float = 0.0,
+                 qk_norm: bool = False):
         super().__init__()
         self.context = context
         self.token = nn.Embedding(vocab, embed)
         self.position = nn.Embedding(context, embed)
         self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(embed, heads, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(embed, heads, dropout, qk_norm) for _ in range(layers))
         self.norm = nn.LayerNorm(embed)
         self.head = nn.Linear(embed, vocab, bias=False)
         self.head.weight = self.token.weight  # weight tying: one (vocab, embed) matrix in and out
@@ -140,6 +187,55 @@ class GPT(nn.Module):
         return self.head(self.norm(x))  # (B, T, C) -> (B, T, vocab)
 
 
+@torch.no_grad()
+def transformer_probe(model: GPT, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What :class:`GPT` does inside on the windows ``ids`` (B, T): one eval-mode, no-grad
+    forward with the attention weights formed explicitly.
+
+    Returns tensors on the model's device (no host sync): ``entropy`` (layers, heads), each
+    head's attention entropy in nats averaged over the windows and the queries 1..T-1 (at most
+    the mean of ln(t+1) over them, for uniform attention; 0 when each query attends to one
+    key); ``max_logit`` (layers, heads), the largest |q.k|/sqrt(hs) a query gives a key it
+    sees; ``rms`` (layers,), the residual stream's root mean square per token after each block,
+    averaged over tokens; ``log_z`` (), the mean over positions of the output logits'
+    logsumexp over the vocabulary (the softmax's log normaliser, what z-loss pulls to 0). The
+    model's train/eval mode is restored after; the forward draws no random numbers.
+
+    Example
+    -------
+    >>> net = GPT(vocab=5, context=4, embed=8, layers=2, heads=2)
+    >>> stats = transformer_probe(net, torch.randint(0, 5, (3, 4)))
+    >>> stats["entropy"].shape, stats["rms"].shape, stats["log_z"].shape
+    (torch.Size([2, 2]), torch.Size([2]), torch.Size([]))
+    >>> bool((stats["entropy"] <= math.log(4)).all())  # nats, at most ln T
+    True
+    """
+    rms: list[torch.Tensor] = []
+
+    def residual_rms(_block: nn.Module, _inputs: Any, out: torch.Tensor) -> None:
+        rms.append(out.float().pow(2).mean(-1).sqrt().mean())  # (B, T, C) -> RMS per token -> mean
+
+    attentions = [block.attn for block in model.blocks]
+    handles = [block.register_forward_hook(residual_rms) for block in model.blocks]
+    was_training = model.training
+    model.eval()
+    try:
+        for attn in attentions:
+            attn.probe = {}
+        logits = model(ids)  # (B, T, V)
+        probes = [attn.probe for attn in attentions]
+    finally:
+        for attn in attentions:
+            attn.probe = None
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return {"entropy": torch.stack([p["entropy"] for p in probes]).float(),
+            "max_logit": torch.stack([p["max_logit"] for p in probes]).float(),
+            "rms": torch.stack(rms),
+            "log_z": logits.float().logsumexp(-1).mean()}
+
+
 def build_gpt(spec: ModelSpec, input_shape: tuple[int, ...], output_dim: int) -> nn.Module:
     """A :class:`GPT` for windows of ``input_shape = (context,)`` token ids over a vocabulary of
     ``output_dim`` tokens.
@@ -155,7 +251,7 @@ def build_gpt(spec: ModelSpec, input_shape: tuple[int, ...], output_dim: int) ->
                            f"got examples of shape {input_shape}")
     if spec.embed % spec.heads:
         raise BabysitError(f"model.embed: must be a multiple of model.heads ({spec.heads}), got {spec.embed}")
-    return GPT(output_dim, input_shape[0], spec.embed, spec.layers, spec.heads, spec.dropout)
+    return GPT(output_dim, input_shape[0], spec.embed, spec.layers, spec.heads, spec.dropout, spec.qk_norm)
 
 
 @torch.no_grad()
@@ -198,4 +294,4 @@ def generate(model: nn.Module, ids: torch.Tensor, new_tokens: int, context: int,
     return ids
 
 
-__all__ = ["GPT", "Block", "CausalSelfAttention", "FeedForward", "build_gpt", "generate"]
+__all__ = ["GPT", "Block", "CausalSelfAttention", "FeedForward", "build_gpt", "generate", "transformer_probe"]

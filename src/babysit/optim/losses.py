@@ -17,6 +17,10 @@ and the targets as the data gives them: int64 class ids ``(B,)`` for classificat
   classes, one-vs-rest units for more), whose gradient is Rosenblatt's rule; see
   :mod:`babysit.optim.perceptron`.
 
+z-loss (spec key ``loss_z``, :class:`ZLoss`) adds ``coef * mean(log Z^2)`` to a softmax loss,
+``log Z`` the logsumexp of each prediction's logits (PaLM, Chowdhery et al. 2022, coefficient
+1e-4); only cross_entropy and nll have a softmax (:data:`Z_LOSS_LOSSES`).
+
 Element-wise losses (mse, mae, bce) average over every element, as torch's ``reduction='mean'``
 and Keras do, so a ``(B, C)`` one-hot comparison is divided by ``B * C``.
 
@@ -30,6 +34,9 @@ Example
 
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -38,16 +45,18 @@ from babysit.optim.perceptron import PerceptronCriterion
 
 LOSSES = ("mse", "mae", "cross_entropy", "nll", "bce", "hinge", "perceptron")
 CLASSIFICATION_ONLY = ("cross_entropy", "nll", "bce", "hinge", "perceptron")
+Z_LOSS_LOSSES = ("cross_entropy", "nll")  # the losses with a softmax, whose log Z z-loss penalises
+WEIGHTED_LOSSES = ("cross_entropy", "nll")  # the losses ``loss_weights: balanced`` weights by class
 SINGLE_UNIT_BINARY = ("bce", "perceptron")  # two classes -> one output unit, predicted by its sign
 TASKS = ("classification", "regression")
 
 
 class NLLFromLogits(nn.Module):
-    """``log_softmax`` then ``nn.NLLLoss``: takes the same logits as cross-entropy."""
+    """``log_softmax`` then ``nn.NLLLoss``: takes the same logits as cross-entropy (``weight``: per class)."""
 
-    def __init__(self) -> None:
+    def __init__(self, weight: Tensor | None = None) -> None:
         super().__init__()
-        self.nll = nn.NLLLoss()
+        self.nll = nn.NLLLoss(weight=weight)
 
     def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return self.nll(F.log_softmax(outputs, dim=-1), targets)
@@ -134,6 +143,51 @@ class PerToken(nn.Module):
         return self.loss(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))  # (B, T, C) -> (B*T, C)
 
 
+class ZLoss(nn.Module):
+    """A softmax loss plus z-loss: ``loss(outputs, targets) + coef * mean(logsumexp(outputs)^2)``.
+
+    The softmax is shift-invariant, so nothing in cross-entropy keeps the logits' log
+    normaliser ``log Z = logsumexp_j s_j`` from drifting; when it drifts far from 0, low-precision
+    logits lose resolution and training diverges (PaLM, Chowdhery et al. 2022, arXiv 2204.02311,
+    section 5: "z_loss = 1e-4 * log^2 Z"; Wortsman et al. 2023, arXiv 2309.14322, section 3.2:
+    output logit divergence). The mean runs over every prediction: the batch, and the positions
+    of a sequence's ``(B, T, V)`` outputs. The term is part of the loss the run reports, train and
+    held out alike (1e-4 * ln(V)^2 at a GPT's initialisation: 0.0017 nats for 65 characters).
+
+    Example
+    -------
+    >>> import math, torch
+    >>> loss = ZLoss(nn.CrossEntropyLoss(), 1e-4)
+    >>> round(loss(torch.zeros(2, 4), torch.tensor([0, 1])).item() - math.log(4), 6)  # 1e-4 (ln 4)^2
+    0.000192
+    """
+
+    def __init__(self, loss: nn.Module, coef: float) -> None:
+        super().__init__()
+        self.loss = loss
+        self.coef = coef
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        log_z = outputs.float().logsumexp(-1)  # (B,) or (B, T): fp32 under autocast
+        return self.loss(outputs, targets) + self.coef * log_z.square().mean()
+
+
+def check_z_loss(name: str, coef: float) -> None:
+    """Refuse z-loss (``loss_z`` > 0) on a loss without a softmax over logits, in one line.
+
+    Example
+    -------
+    >>> check_z_loss("cross_entropy", 1e-4)
+    >>> check_z_loss("mse", 1e-4)
+    Traceback (most recent call last):
+    ...
+    babysit.errors.BabysitError: loss_z: z-loss penalises the log normaliser of a softmax over logits, and loss: mse has none; use loss: cross_entropy or nll, or loss_z: 0
+    """
+    if coef and name not in Z_LOSS_LOSSES:
+        raise BabysitError(f"loss_z: z-loss penalises the log normaliser of a softmax over logits, and "
+                           f"loss: {name} has none; use loss: cross_entropy or nll, or loss_z: 0")
+
+
 def _check(name: str, task: str, num_classes: int | None) -> None:
     if name not in LOSSES:
         raise BabysitError(f"loss: must be one of {', '.join(LOSSES)}; got {name!r}")
@@ -147,13 +201,58 @@ def _check(name: str, task: str, num_classes: int | None) -> None:
         raise ValueError(f"classification needs num_classes >= 2, got {num_classes}")
 
 
-def build_loss(name: str, task: str, num_classes: int | None, per_token: bool = False) -> nn.Module:
+def balanced_class_weights(targets: Tensor, num_classes: int) -> Tensor:
+    """Class weights ``N / (C * n_c)`` from the training targets (``loss_weights: balanced``): ``n_c``
+    examples of class c among ``N``, ``C`` the classes present. Every class then carries the same
+    total weight ``N / C``, and the weights average 1 over the training examples (scikit-learn's
+    ``class_weight="balanced"``; King & Zeng 2001, "Logistic Regression in Rare Events Data").
+    A class absent from the training targets gets weight 0 (it has no example to weight).
+    float32, on the targets' device.
+
+    Example
+    -------
+    >>> import torch
+    >>> balanced_class_weights(torch.tensor([0, 0, 0, 1]), 3).tolist()  # 4 / (2 * 3), 4 / (2 * 1), absent
+    [0.6666666865348816, 2.0, 0.0]
+    """
+    counts = torch.bincount(targets.reshape(-1).long(), minlength=num_classes).double()
+    present = int((counts > 0).sum())
+    weights = torch.where(counts > 0, counts.sum() / (max(present, 1) * counts.clamp_min(1.0)), 0.0)
+    return weights.float()
+
+
+def check_loss_weights(name: str, task: str, loss_weights: str) -> None:
+    """Refuse class weights (``loss_weights: balanced``) where there are no classes to weight or the
+    loss takes no weights, in one line.
+
+    Example
+    -------
+    >>> check_loss_weights("cross_entropy", "classification", "balanced")
+    >>> check_loss_weights("mse", "regression", "balanced")
+    Traceback (most recent call last):
+    ...
+    babysit.errors.BabysitError: loss_weights: balanced weights classes, and loss: mse on continuous targets has none; use loss_weights: none
+    """
+    if loss_weights == "none":
+        return
+    if task != "classification":
+        raise BabysitError(f"loss_weights: {loss_weights} weights classes, and loss: {name} on continuous targets has "
+                           "none; use loss_weights: none")
+    if name not in WEIGHTED_LOSSES:
+        raise BabysitError(f"loss_weights: {loss_weights} weights the classes of a softmax loss, and loss: {name} is "
+                           f"not one; use loss: {' or '.join(WEIGHTED_LOSSES)}, or loss_weights: none")
+
+
+def build_loss(name: str, task: str, num_classes: int | None, per_token: bool = False,
+               class_weights: Tensor | None = None) -> nn.Module:
     """The loss module for ``name`` on a ``task`` ('classification' or 'regression').
 
     The module is called as ``loss(outputs, targets)`` with raw outputs ``(B, output_dim)``
     (see :func:`output_dim`) and the data's targets, and returns the batch mean. With
     ``per_token`` the outputs are ``(B, T, output_dim)`` and the targets ``(B, T)`` class ids
-    (next-token prediction): :class:`PerToken`.
+    (next-token prediction): :class:`PerToken`. ``class_weights`` (C,) weight cross_entropy /
+    nll per class (:func:`balanced_class_weights`): torch's weighted mean,
+    ``sum_i w[y_i] l_i / sum_i w[y_i]`` over the batch.
 
     Example
     -------
@@ -163,15 +262,17 @@ def build_loss(name: str, task: str, num_classes: int | None, per_token: bool = 
     2.0
     """
     _check(name, task, num_classes)
+    if class_weights is not None:
+        check_loss_weights(name, task, "balanced")
     if task == "regression":
         return Regression(nn.MSELoss() if name == "mse" else nn.L1Loss())
     assert num_classes is not None
     if per_token:  # sequence targets (B, T): the same loss at every position
-        return PerToken(build_loss(name, task, num_classes))
+        return PerToken(build_loss(name, task, num_classes, class_weights=class_weights))
     if name == "cross_entropy":
-        return nn.CrossEntropyLoss()
+        return nn.CrossEntropyLoss(weight=class_weights)
     if name == "nll":
-        return NLLFromLogits()
+        return NLLFromLogits(class_weights)
     if name == "hinge":
         return MulticlassHinge(num_classes)
     if name == "perceptron":
@@ -215,11 +316,14 @@ def predict(outputs: Tensor, name: str) -> Tensor:
     return outputs.argmax(-1)
 
 
-def chance_loss(name: str, task: str, num_classes: int | None, targets: Tensor) -> float | None:
+def chance_loss(name: str, task: str, num_classes: int | None, targets: Tensor, *,
+                balanced: bool = False) -> float | None:
     """The loss of the best constant prediction, one that ignores the input: what a network
     that learned nothing scores, the yardstick for "is it learning at all".
 
-    Cross-entropy / NLL: the entropy of the class frequencies (ln C when balanced). BCE: the
+    Cross-entropy / NLL: the entropy of the class frequencies (ln C when balanced); with
+    ``balanced`` class weights (:func:`balanced_class_weights`) every present class counts
+    1/C, so the best constant is uniform over them and scores ln C. BCE: the
     mean binary entropy of each class's frequency. MSE: the targets' variance (predict the
     mean). MAE: the mean absolute deviation from the median. Hinge: C - 1 (all scores equal).
     Perceptron: None, since the constant score 0 has criterion 0 (its scale is the weights').
@@ -241,7 +345,7 @@ def chance_loss(name: str, task: str, num_classes: int | None, targets: Tensor) 
         p = p / p.sum().clamp_min(1)
         nz = p[p > 0]
         if name in ("cross_entropy", "nll"):
-            return float(-(nz * nz.log()).sum())
+            return math.log(len(nz)) if balanced else float(-(nz * nz.log()).sum())
         if name == "hinge":
             return float(classes - 1)
         q = p[1:] if classes == 2 else p  # two classes: one logit for class 1
@@ -263,4 +367,5 @@ def chance_loss(name: str, task: str, num_classes: int | None, targets: Tensor) 
     return None
 
 
-__all__ = ["LOSSES", "PerToken", "build_loss", "chance_loss", "output_dim", "predict"]
+__all__ = ["LOSSES", "WEIGHTED_LOSSES", "Z_LOSS_LOSSES", "PerToken", "ZLoss", "balanced_class_weights", "build_loss",
+           "chance_loss", "check_loss_weights", "check_z_loss", "output_dim", "predict"]

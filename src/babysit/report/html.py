@@ -47,16 +47,23 @@ import numpy as np
 import yaml
 
 from babysit.checks.findings import FINDINGS
+from babysit.checks.precision import FP16_MAX
 from babysit.config import validate
 from babysit.errors import BabysitError
 from babysit.families import Family, family_of
 from babysit.families.standard import STANDARD
 from babysit.report import figures
 from babysit.report.data_summary import TINY_VAL_SPLIT, data_facts
+from babysit.report.figures_answers import confusion_figure, reliability_figure
+from babysit.report.figures_data_checks import leakage_figure
+from babysit.report.figures_label_noise import label_issues_figure
+from babysit.report.figures_noise_scale import noise_scale_figure
+from babysit.report.figures_sharpness import sharpness_figure
+from babysit.report.figures_transformer import transformer_figure
 from babysit.report.landscape_summary import landscape_value, landscape_verdict
 from babysit.report.page import data_uri, escape, figure, number, page, table, write_page
 from babysit.report.spec_keys import applying_keys, split_spec
-from babysit.rundir import RunFiles, read_json, read_run, weights_file
+from babysit.rundir import RunFiles, read_json, read_jsonl, read_run, weights_file
 from babysit.train.checkpoint import load_checkpoint
 from babysit.train.ensemble import snapshot_line
 
@@ -282,6 +289,7 @@ def _data_section(run: RunFiles) -> str:
 # finding id -> (monitor statistic, axis label, log axis); the gradient pair reads its key from the evidence
 _MONITOR_FIGURES: dict[str, tuple[str, str, bool]] = {
     "dead_relu": ("dead_fraction", "dead fraction", False),
+    "dormant_units": ("dormant_fraction", "dormant fraction", False),
     "saturated_activations": ("saturated_fraction", "saturated fraction", False),
     "activation_collapse": ("act_std", "activation std", True),
     "vanishing_gradients": ("act_grad_rms", "gradient RMS", True),
@@ -317,6 +325,15 @@ def finding_figure(finding: dict[str, Any], run: RunFiles) -> Any:
         return figures.loss_curves(run.history)
     if fid in ("discriminator_wins", "mode_collapse"):
         return figures.gan_curves(run.history)
+    if fid in ("split_leakage", "conflicting_duplicates"):
+        return _leakage_figure(run)
+    if fid == "label_noise":
+        return _label_issues_figure(run)
+    if fid in _DYNAMICS_FINDINGS:
+        return _dynamics_figure(run, _DYNAMICS_FINDINGS[fid])
+    if fid == "fp16_overflow" and run.records:
+        return figures.layer_series(run.records, "act_absmax", ylabel="max |activation|", log=True,
+                                    line=FP16_MAX, highlight=finding.get("layer"))
     if fid in _DIAGNOSIS:
         epochs = [(k, v) for k, v in evidence.items() if k.endswith("_epoch") and isinstance(v, int)]
         if epochs:
@@ -324,6 +341,92 @@ def finding_figure(finding: dict[str, Any], run: RunFiles) -> Any:
             return figures.loss_curves(run.history, mark_epoch=epoch, mark_label=key.replace("_", " "))
         return figures.loss_curves(run.history)
     return None
+
+
+# the opt-in checks' files (babysit.families.dynamics): file -> (figure, caption)
+_DYNAMICS: dict[str, tuple[Any, str]] = {
+    "noise_scale.jsonl": (
+        noise_scale_figure,
+        "Gradient noise scale B_noise (moving average) over training against the run's batch size; the green band "
+        "(batch/10 to 10x batch) is where no batch-size finding fires, and the red segment is the later-half value "
+        "the findings judged (McCandlish et al. 2018)."),
+    "sharpness.jsonl": (
+        sharpness_figure,
+        "Sharpness λmax (λmax(P⁻¹H) for adaptive optimizers) at a fixed batch of training examples, against the "
+        "optimizer's stability threshold (dashed, follows the lr schedule); the shaded band is the edge of stability "
+        "(at least 0.9x the threshold; Cohen et al. 2021, 2022)."),
+    "transformer.jsonl": (
+        transformer_figure,
+        "Per block over training: the sharpest head's attention entropy as a fraction of ln T (collapse bar 10%), "
+        "the largest attention logit (saturation bar 50), the output logits' |log Z| (bar 20), and the residual "
+        "stream's RMS."),
+}
+# finding id -> the file whose figure is its evidence
+_DYNAMICS_FINDINGS = {"batch_too_small": "noise_scale.jsonl", "batch_too_large": "noise_scale.jsonl",
+                      "edge_of_stability": "sharpness.jsonl", "lr_beyond_stability": "sharpness.jsonl",
+                      "attention_entropy_collapse": "transformer.jsonl",
+                      "attention_logit_growth": "transformer.jsonl"}
+
+
+def _leakage_figure(run: RunFiles) -> Any:
+    """The closest duplicate pairs (leakage.json's ``shown``, their examples in leakage.npz)."""
+    found = read_json(run.path / "leakage.json", {})
+    shown = found.get("shown") if isinstance(found, dict) else None
+    examples = run.path / "leakage.npz"
+    if not isinstance(shown, list) or not shown or not examples.is_file():
+        return None
+    try:
+        with np.load(examples, allow_pickle=False) as arrays:
+            data = {"a": arrays["a"], "b": arrays["b"]}
+    except (OSError, KeyError, ValueError):  # a damaged file loses its figure, not the report
+        return None
+    return leakage_figure(shown, data)
+
+
+def _label_issues_figure(run: RunFiles) -> Any:
+    """The most suspect training labels (label_issues.json's ``suspects``, their inputs in label_issues.npz)."""
+    found = read_json(run.path / "label_issues.json", {})
+    suspects = found.get("suspects") if isinstance(found, dict) else None
+    examples = run.path / "label_issues.npz"
+    if not isinstance(suspects, list) or not suspects or not examples.is_file():
+        return None
+    try:
+        with np.load(examples, allow_pickle=False) as arrays:
+            data = {"x": arrays["x"]}
+    except (OSError, KeyError, ValueError):
+        return None
+    return label_issues_figure(suspects, data)
+
+
+def _answers_section(run: RunFiles) -> str:
+    """The model's answers: the reliability diagram (calibration.json) and the per-class view (summary.json)."""
+    calibration = read_json(run.path / "calibration.json", {})
+    panels = [
+        (reliability_figure(calibration) if isinstance(calibration, dict) else None,
+         "Reliability diagram on the test split: accuracy per confidence bin against the diagonal a calibrated model "
+         "follows, before and after dividing the logits by the temperature fitted on validation (Guo et al. 2017)."),
+        (confusion_figure(run.summary),
+         "Test confusion matrix (rows normalised, counts in the cells) and each class's recall on validation and "
+         "test, with the mean recall and the weak_class bar."),
+    ]
+    body = "".join(figure(fig, caption) for fig, caption in panels if fig is not None)
+    if not body:
+        return ""
+    return f'<section><h2 id="answers">Answers</h2><div class="grid">{body}</div></section>'
+
+
+def _dynamics_figure(run: RunFiles, name: str) -> Any:
+    records = [r for r in read_jsonl(run.path / name) if isinstance(r, dict)]
+    return _DYNAMICS[name][0](records) if records else None
+
+
+def _dynamics_section(run: RunFiles) -> str:
+    """The opt-in checks' figures (checks.noise_scale, checks.sharpness_every, checks.transformer)."""
+    shown = [(fig, _DYNAMICS[name][1]) for name in _DYNAMICS if (fig := _dynamics_figure(run, name)) is not None]
+    if not shown:
+        return ""
+    body = "".join(figure(fig, caption) for fig, caption in shown)
+    return f'<section><h2 id="dynamics">Training dynamics</h2><div class="grid">{body}</div></section>'
 
 
 def _findings_section(run: RunFiles) -> str:
@@ -390,6 +493,9 @@ def _monitors_section(run: RunFiles) -> str:
          "Gradient norm of each layer's weights (log axis)." + _zeros_note(run.records, "grad_norm")),
         (figures.layer_series(run.records, "dead_fraction", ylabel="dead fraction", ylim=(-0.02, 1.02)),
          "Fraction of ReLU units that output zero for every example of the batch."),
+        (figures.layer_series(run.records, "dormant_fraction", ylabel="dormant fraction", ylim=(-0.02, 1.02)),
+         "Fraction of each activation layer's units whose mean |output| is at most 2.5% of the layer's average "
+         "unit (dormant, Sokar et al. 2023; a dead ReLU unit is dormant too)."),
         (figures.layer_series(run.records, "saturated_fraction", ylabel="saturated fraction", ylim=(-0.02, 1.02)),
          "Fraction of tanh/sigmoid outputs in the flat tails."),
     ]
@@ -519,6 +625,8 @@ def run_page(run_dir: str | Path) -> str:
         ("findings", "findings", _findings_section(run)),
         ("curves", "curves", _curves_section(run)),
         ("layers", "layers", _monitors_section(run)),
+        ("dynamics", "dynamics", _dynamics_section(run)),
+        ("answers", "answers", _answers_section(run)),
         ("samples", "samples", _samples_section(run)),
         ("weights", "first layer", _weights_section(run)),
         ("landscape", "landscape", _landscape_section(run)),

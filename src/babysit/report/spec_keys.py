@@ -44,7 +44,7 @@ MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "autoencoder": ("kind", "backbone", "hidden", "channels", "kernel_size", "bottleneck", *_UNITS, "residual",
                     *_INIT),
     "gan": ("kind", "backbone", "hidden", "channels", "kernel_size", "latent", *_UNITS, "residual", *_INIT),
-    "gpt": ("kind", "layers", "heads", "embed", "dropout"),  # GPT-2's own init (nets/gpt.py)
+    "gpt": ("kind", "layers", "heads", "embed", "dropout", "qk_norm"),  # GPT-2's own init (nets/gpt.py)
 }
 
 _CARVING = ("split_seed", "val_fraction", "test_fraction", "train_size", "preprocess", "batch_size")

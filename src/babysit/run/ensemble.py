@@ -17,6 +17,7 @@ import torch
 from matplotlib.figure import Figure
 from rich.table import Table
 
+from babysit.checks.answers import TemperatureScaled, saved_temperature
 from babysit.config import Experiment
 from babysit.errors import BabysitError
 from babysit.report.figures import png_bytes
@@ -35,13 +36,21 @@ def _data_difference(a: Experiment, b: Experiment) -> str | None:
     return None
 
 
-def ensemble_runs(run_dirs: Sequence[str | Path], device: torch.device | str | None = None) -> dict[str, Any]:
+def ensemble_runs(run_dirs: Sequence[str | Path], device: torch.device | str | None = None, *,
+                  calibrated: bool = False) -> dict[str, Any]:
     """Score the ensemble of trained runs and each of them on the test (and validation) split.
 
     Every run must have the same data (keys of ``data:`` other than ``batch_size``, so the
     same ``data.split_seed``: the same train, validation and test examples) and loss. Runs
     may differ in seed (the usual ensemble) and in network: each member sees the examples
     through its own preprocessing. Returns what ensemble.json holds.
+
+    ``calibrated``: each member's logits are divided by the temperature fitted on its own
+    validation split (its calibration.json, :mod:`babysit.checks.answers`) before they are
+    combined, so the ensemble averages calibrated probabilities; a member without one is
+    refused. Off by default: averaging already softens the members' probabilities, and
+    calibrated members can make an underconfident ensemble (Rahaman & Thiery 2021, arXiv
+    2007.08792); compare the two losses.
 
     Example
     -------
@@ -71,6 +80,10 @@ def ensemble_runs(run_dirs: Sequence[str | Path], device: torch.device | str | N
         if member.splits.task != reference.splits.task or member.splits.num_classes != reference.splits.num_classes:
             raise BabysitError(f"{member.path}: task differs from {reference.path}'s")
         members.append(member)
+    temperatures = [saved_temperature(m.path) for m in members] if calibrated else None
+    if temperatures is not None:
+        for member, temperature in zip(members, temperatures, strict=True):
+            member.model = TemperatureScaled(member.model, temperature)
 
     # the same data spec (split_seed included) carves the same splits, whatever the members' seeds
     result: dict[str, Any] = {
@@ -81,6 +94,7 @@ def ensemble_runs(run_dirs: Sequence[str | Path], device: torch.device | str | N
         "ensemble": {},
         "members": [{"run": str(m.path), "name": m.spec.run_name, "seed": m.spec.seed, "weights": m.checkpoint}
                     for m in members],
+        "calibrated": calibrated,
         "device": str(device),
     }
     for name in ("val", "test"):
@@ -101,6 +115,11 @@ def ensemble_runs(run_dirs: Sequence[str | Path], device: torch.device | str | N
     best = pick(result["members"], key=lambda row: row[key])
     result["best_member"] = {"run": best["run"], "by": key, **{k: v for k, v in best.items() if k.startswith(("val_", "test_"))}}
     result["notes"] = []  # kept in ensemble.json: nothing is left unscored since members share their splits
+    if temperatures is not None:
+        for row, temperature in zip(result["members"], temperatures, strict=True):
+            row["temperature"] = temperature
+        result["notes"].append("members' logits divided by their fitted temperatures ("
+                               + ", ".join(f"{t:.3g}" for t in temperatures) + ") before averaging")
     return result
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from babysit.checks.findings import (
     sort_findings,
     write_findings,
 )
+from babysit.checks.spikes import nonfinite_finding, nonfinite_origin
 from babysit.config import Experiment
 from babysit.data.batching import Batches
 from babysit.errors import BabysitError
@@ -118,9 +120,35 @@ def assemble(spec: Experiment, splits: data_module.Splits | None = None, cluster
     optimizer, schedule = family.optimizer(spec, model, len(batches))
     step = family.train_step(spec, model, optimizer)
     group.check_trainable(optimizer, step)
+    _check_on_spike(spec, family, optimizer, step, group)
     if spec.train.snapshots is not None:  # refused now, not at the first cycle's end
         cycle_end_steps(spec.schedule, len(batches), spec.train.epochs)
     return Assembled(family, device, splits, model, loss_fn, generator, batches, optimizer, schedule, step)
+
+
+def _check_on_spike(spec: Experiment, family: Family, optimizer: Any, step: Any, group: Any) -> None:
+    """train.on_spike skip / rollback where the loop can undo a step: the standard update
+    (loss, backward, step) of a minimised loss, in one process; skip also needs one optimizer
+    step a batch. Refused in one line otherwise."""
+    how = spec.train.on_spike
+    if how == "stop":
+        return
+    why = None
+    if step is not None or not math.isfinite(family.explosion_factor(spec)):
+        why = (f"model.kind {spec.model.kind}'s loss is not one being minimised (its explosion guard watches "
+               "for NaN only), so a jump in it is no spike")
+    elif getattr(group, "world_size", 1) > 1:
+        why = "under torchrun each rank would decide on its own shard's loss (the ranks must agree)"
+    elif how == "skip" and (isinstance(optimizer, torch.optim.LBFGS) or getattr(optimizer, "needs_closure", False)):
+        why = f"optimizer {spec.optimizer.name} takes its step in one call, with no point to skip it from; use rollback"
+    if why is not None:
+        raise BabysitError(f"train.on_spike: {how} is not available here: {why}")
+
+
+def _spike_detection(spec: Experiment, family: Family) -> float | None:
+    """checks.spike_factor, or None (no spike detection) for a family whose explosion guard
+    watches for NaN only (the GAN's adversarial losses, the perceptron's mistakes)."""
+    return spec.checks.spike_factor if math.isfinite(family.explosion_factor(spec)) else None
 
 
 def check_resume_spec(saved: Experiment, given: Experiment) -> None:
@@ -248,6 +276,7 @@ def _run_in(path: Path, resume: bool, spec: Experiment, built: Assembled, group:
         penalty=penalty, after_step=(lambda m: regularization.apply_max_norm(m, max_norm)) if max_norm else None,
         input_noise=spec.regularization.input_noise, grad_clip=spec.optimizer.grad_clip,
         precision=spec.train.precision, compile=spec.train.compile, step=step,
+        on_spike=spec.train.on_spike, spike_factor=_spike_detection(spec, family), spike_every=spec.checks.every,
     )
     if checkpoint is not None and trainer.scaler is not None and "scaler" in checkpoint:
         trainer.scaler.load_state_dict(checkpoint["scaler"])
@@ -263,8 +292,8 @@ def _run_in(path: Path, resume: bool, spec: Experiment, built: Assembled, group:
                          spec=spec)
 
     summary = summarise(spec, family, context, trainer, state, early, device, started)
-    findings = _run_findings(family, context, preflight_found, monitors.guard if monitors is not None else None,
-                             state.step)
+    guard = _explain_nonfinite(monitors.guard if monitors is not None else None, trainer, context)
+    findings = _run_findings(family, context, preflight_found, guard, state.step)
     summary["findings"] = {sev: sum(f.severity == sev for f in findings) for sev in ("error", "warning", "info")}
     write_json(path / "summary.json", summary)
     family.artifacts(context)  # reconstructions, vocabulary, generated text
@@ -274,13 +303,38 @@ def _run_in(path: Path, resume: bool, spec: Experiment, built: Assembled, group:
     return RunResult(path=path, summary=summary, model=model, splits=splits, findings=findings, spec=spec)
 
 
+def _explain_nonfinite(guard: Finding | None, trainer: Trainer, context: RunContext) -> Finding | None:
+    """The explosion guard's ``nonfinite_loss`` with where the NaN came from: the batch of the
+    first non-finite loss replayed with a hook on every module
+    (:func:`~babysit.checks.spikes.nonfinite_origin`) at the last checkpoint's weights (the
+    weights the bad step started from are gone under ``train.on_spike: stop``: the step wrote
+    NaN into them; skip and rollback replay at those exactly)."""
+    last = context.path / "checkpoints" / "last.pt"
+    if guard is None or guard.id != "nonfinite_loss" or trainer.nonfinite_batch is None or not last.exists():
+        return guard
+    record, indices = trainer.nonfinite_batch
+    try:
+        checkpoint = load_checkpoint(last, map_location="cpu")
+        model = copy.deepcopy(context.model)
+        load_weights(model, checkpoint, last)
+    except BabysitError:
+        return guard
+    train = context.splits.train
+    model.train()
+    with trainer.autocast():
+        origin = nonfinite_origin(model, context.loss_fn, (train.x[indices.to(train.x.device)],
+                                                          train.y[indices.to(train.y.device)]))
+    return nonfinite_finding(guard, origin, record,
+                             weights=f"the last checkpoint's weights (step {checkpoint['loop']['step']})")
+
+
 def _preflight(family: Family, context: RunContext, stream: Any) -> list[Finding]:
     """The family's preflight checks (when ``checks.preflight``), written to findings.json and
     printed one a line to ``stream`` (None: quiet)."""
     spec = context.spec
     if not spec.checks.preflight:
         return []
-    found = family.preflight(spec, context.model, context.loss_fn, context.splits)
+    found = family.preflight(spec, context.model, context.loss_fn, context.splits, run_dir=context.path)
     write_findings(context.path / "findings.json", found)
     for line in finding_lines(found) if stream is not None else []:
         print(f"preflight {line}", file=stream)

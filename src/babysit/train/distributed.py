@@ -27,6 +27,12 @@ What babysit does on top of DDP, and why:
 - **Metrics**: the epoch's training loss and accuracy are averaged over ranks before the
   schedule sees them (one all-reduce an epoch); validation runs on every rank over the whole
   validation split with identical weights, so every rank gets the same numbers.
+- **Noise scale** (``checks.noise_scale``): free under DDP. A rank's gradient is a small
+  batch and the all-reduced one the big batch of McCandlish et al.'s estimator, so at the
+  sampled steps a communication hook (:class:`NoiseScaleHook`) adds each rank's squared norm
+  of its bucket to the all-reduce the step does anyway and takes the squared norm of the
+  result; rank 0's :class:`~babysit.train.callbacks.noise_scale.NoiseScaleCallback` reads them.
+  Between samples the hook is the plain all-reduce.
 - **Restarts**: under ``torchrun --max-restarts=K`` a dead worker makes torchrun restart the
   whole group with ``TORCHELASTIC_RESTART_COUNT`` one higher. The restarted run continues
   from the run directory's last checkpoint (rank 0 reads it and broadcasts it, so the other
@@ -62,9 +68,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from babysit.errors import BabysitError
 from babysit.rundir import clear_run, run_directory
+from babysit.train.callbacks.noise_scale import NoiseScaleCallback
 from babysit.train.device import resolve_device
 from babysit.train.loop import Callback, Trainer
 
@@ -189,6 +197,12 @@ class DistributedContext:
         wrapped = nn.parallel.DistributedDataParallel(trainer.model, device_ids=device_ids)
         trainer.forward = torch.compile(wrapped) if compile else wrapped
         trainer.sync_logs = self.reduce_train_logs
+        # every rank builds the same callbacks from the spec: the noise-scale check's hook goes on
+        # every rank (the all-reduce must match), its callback stays on rank 0
+        noise = next((cb for cb in trainer.callbacks if isinstance(cb, NoiseScaleCallback)), None)
+        if noise is not None:
+            noise.hook = NoiseScaleHook(trainer, noise.every, self.world_size)
+            wrapped.register_comm_hook(None, noise.hook.hook)
         if not self.is_main:
             trainer.callbacks = []
         kill_at = os.environ.get("BABYSIT_TEST_KILL_AT_STEP")
@@ -216,6 +230,60 @@ class DistributedContext:
         if finished:
             dist.barrier(device_ids=[self.device.index] if self.device.type == "cuda" else None)
         dist.destroy_process_group()
+
+
+class NoiseScaleHook:
+    """A DDP communication hook that measures, at the noise-scale check's sampled steps, the two
+    squared gradient norms of McCandlish et al.'s estimator (see :mod:`babysit.checks.noise_scale`):
+    the mean over ranks of each rank's own gradient's (a batch of B / world_size examples) and
+    the all-reduced gradient's (the global batch of B).
+
+    At a sampled step each bucket travels with one more number, its local squared norm, in the
+    same all-reduce (no extra collective); the squared norm of the averaged bucket is taken when
+    it arrives. Otherwise it is PyTorch's own ``allreduce_hook``. ``take()`` hands the step's
+    sums to the callback: ``(tensor([|G_small|^2, |G_big|^2]), B_small, B_big)``, on the device.
+    With fp16 loss scaling the norms are divided by the scale squared (the scaler's current
+    scale, read as a tensor when the step's first bucket arrives).
+
+    Sampled are the steps the callback samples (1, 1 + every, ...): while step s + 1 runs its
+    backward, ``trainer.state.step`` is s. Every rank takes the same steps, so every rank packs
+    the same buckets.
+    """
+
+    def __init__(self, trainer: Trainer, every: int, world_size: int):
+        self.trainer, self.every, self.world_size = trainer, every, world_size
+        self._sums: torch.Tensor | None = None  # [|G_small|^2, |G_big|^2] over this step's buckets
+        self._scale: torch.Tensor | None = None
+
+    # unannotated: DDP checks the annotations as objects, and this module's are strings
+    def hook(self, state, bucket):  # (None, dist.GradBucket) -> torch.futures.Future[torch.Tensor]
+        buffer = bucket.buffer()
+        if self.trainer.state.step % self.every:
+            return default_hooks.allreduce_hook(None, bucket)
+        if self._sums is None:
+            self._sums = torch.zeros(2, dtype=torch.float32, device=buffer.device)
+            scaler = self.trainer.scaler
+            self._scale = scaler.scale(torch.ones((), device=buffer.device)) if scaler is not None else None
+        local = buffer.float().square().sum().to(buffer.dtype)
+        packed = torch.cat([buffer, local.reshape(1)]).div_(self.world_size)
+
+        def arrived(future: Any) -> torch.Tensor:
+            reduced = future.value()[0]
+            gradient = reduced[:-1]
+            assert self._sums is not None
+            self._sums += torch.stack([reduced[-1].float(), gradient.float().square().sum()])
+            return gradient
+
+        return dist.all_reduce(packed, async_op=True).get_future().then(arrived)
+
+    def take(self) -> tuple[torch.Tensor | None, int, int]:
+        """The sampled step's norms (None when it recorded none) and the two batch sizes."""
+        sums, scale, self._sums, self._scale = self._sums, self._scale, None, None
+        batch = self.trainer.batch
+        small = len(batch[0]) if batch is not None else 0
+        if sums is not None and scale is not None:
+            sums = sums / scale.float().square()
+        return sums, small, small * self.world_size
 
 
 class SingleProcess:

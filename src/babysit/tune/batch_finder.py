@@ -14,6 +14,14 @@ The answer is two numbers: the largest batch that fits and the batch with the be
 throughput. Past the point where the device is saturated throughput flattens, so the
 best one is often not the largest; neither says which batch generalises best.
 
+Beside them, from a spec, a third: the gradient noise scale B_noise at initialisation
+(McCandlish et al. 2018, arXiv 1812.06162; :mod:`babysit.checks.noise_scale`), measured on
+a few batches of the training set before anything is timed. It is about the batch beyond
+which a larger one stops cutting the number of steps. It is the value at *initialisation*:
+B_noise grows as the loss falls (often by an order of magnitude or more over a run), so it is
+a lower bound on the critical batch later in training; ``checks.noise_scale: true`` follows it
+during a run.
+
 Example
 -------
 >>> import torch
@@ -30,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from babysit.checks.noise_scale import noise_scale_at
 from babysit.errors import BabysitError
 from babysit.optim.optimizers import build_optimizer
 from babysit.run import prepare
@@ -49,6 +59,10 @@ if TYPE_CHECKING:
     from babysit.config import Experiment
 
 SMALLEST = 8
+# B_noise at init: averaged over this many batches of this many examples (or the training set):
+# the per-batch estimates of |G|^2 are noisy (tests/test_noise_scale.py), their mean over 8 less so
+NOISE_BATCHES = 8
+NOISE_BATCH = 256
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 
 
@@ -76,6 +90,8 @@ class BatchFindResult:
     peak_memory_mb: list[float | None] = field(default_factory=list)
     out_of_memory_at: int | None = None
     cap: int | None = None
+    # the gradient noise scale at initialisation (noise_scale_at_init), None when not measured
+    noise_scale_at_init: dict[str, Any] | None = None
 
     @property
     def largest(self) -> int | None:
@@ -269,6 +285,42 @@ def batch_find(
     return result
 
 
+# --------------------------------------------------------------------------- the noise scale
+
+
+def noise_scale_at_init(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                        x: torch.Tensor, y: torch.Tensor, *, seed: int = 0, batches: int = NOISE_BATCHES,
+                        batch: int = NOISE_BATCH) -> dict[str, Any] | None:
+    """B_noise of ``model`` as it is (at initialisation, before training), in train mode and
+    fp32: ``batches`` random batches of ``batch`` examples (fewer when the training set is
+    smaller), each split in halves (:func:`babysit.checks.noise_scale.noise_scale_at`); the
+    model, its buffers and the RNG are left as they were. None with under 4 training examples.
+
+    Example
+    -------
+    >>> import torch
+    >>> from torch import nn
+    >>> x, y = torch.randn(300, 4), torch.randint(0, 3, (300,))
+    >>> r = noise_scale_at_init(nn.Linear(4, 3), nn.CrossEntropyLoss(), x, y)
+    >>> r["batches"], r["batch"], r["population"]
+    (8, 256, 300)
+    """
+    size = min(batch, len(x)) // 2 * 2
+    if size < 2 or len(x) < 4:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.cat([torch.randperm(len(x), generator=generator)
+                       for _ in range(-(-batches * size // len(x)))]).to(x.device)
+    draws = [(x[index], y[index]) for index in order[: batches * size].split(size)]
+    was_training = model.training
+    model.train()
+    try:
+        result = noise_scale_at(model, loss_fn, draws, population=len(x))
+    finally:
+        model.train(was_training)
+    return {**result, "population": len(x), "reference": "McCandlish et al. 2018, arXiv 1812.06162"}
+
+
 # --------------------------------------------------------------------------- from a spec
 
 
@@ -289,16 +341,19 @@ def batch_find_from_spec(spec: Experiment, *, max_batch: int | None = None, step
                            "line search or a Newton solve per step, choose another optimizer")
     _, splits, model, loss_fn = prepare(spec)
     x, y = splits.train.x, splits.train.y
+    noise = noise_scale_at_init(model, loss_fn, x, y, seed=spec.seed)  # before anything is timed
     kwargs = dict(max_batch=max_batch, steps=steps, precision=spec.train.precision)
     factory: OptimizerFactory = lambda m: build_optimizer(spec.optimizer, m)  # noqa: E731
     if quiet:
-        return batch_find(model, loss_fn, factory, x, y, **kwargs)
-    total = len(batch_sizes(_cap(len(x), max_batch)))
-    with StepProgress("batch-find", total, stream=stream) as bar:
-        result = batch_find(model, loss_fn, factory, x, y,
-                            on_size=lambda i, size, rate: bar.update(i + 1, f"batch {size}: {rate:,.0f} samples/s"),
-                            **kwargs)
-        bar.finish(len(result.sizes))
+        result = batch_find(model, loss_fn, factory, x, y, **kwargs)
+    else:
+        total = len(batch_sizes(_cap(len(x), max_batch)))
+        with StepProgress("batch-find", total, stream=stream) as bar:
+            result = batch_find(model, loss_fn, factory, x, y,
+                                on_size=lambda i, size, rate: bar.update(i + 1, f"batch {size}: {rate:,.0f} samples/s"),
+                                **kwargs)
+            bar.finish(len(result.sizes))
+    result.noise_scale_at_init = noise
     return result
 
 
@@ -354,7 +409,33 @@ def batch_find_lines(result: BatchFindResult) -> list[str]:
     return [
         f"largest batch that fits: {result.largest} ({why})",
         f"best throughput: batch {result.best}, {result.samples_per_s[best]:,.0f} samples/s",
+        *noise_scale_lines(result.noise_scale_at_init),
     ]
+
+
+def noise_scale_lines(noise: dict[str, Any] | None) -> list[str]:
+    """What ``babysit batch-find`` says of the noise scale at initialisation.
+
+    Example
+    -------
+    >>> noise_scale_lines({"b_noise": 123.4, "batches": 8, "batch": 256})[0][:56]
+    'gradient noise scale at initialisation: B_noise = 123 (8'
+    >>> noise_scale_lines(None)
+    []
+    """
+    if noise is None:
+        return []
+    b_noise = noise.get("b_noise")
+    if isinstance(b_noise, int | float) and math.isfinite(b_noise):
+        value = f"B_noise = {b_noise:.3g}"
+    elif isinstance(b_noise, int | float) and b_noise > 0:
+        value = "B_noise beyond measure (the noise outweighs the mean gradient)"
+    else:
+        value = "B_noise not measurable (no gradient noise)"
+    return [f"gradient noise scale at initialisation: {value} ({noise['batches']} batches of {noise['batch']}; "
+            "McCandlish et al. 2018)",
+            "  it grows as the loss falls, so the critical batch later in training is larger; "
+            "train with checks.noise_scale=true to follow it"]
 
 
 def write_batch_find(result: BatchFindResult, directory: str | Path, *, extra: dict[str, Any] | None = None) -> Path:

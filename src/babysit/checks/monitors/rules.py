@@ -133,7 +133,7 @@ def _median(values: Iterable[float]) -> float:
 
 
 def monitor_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-layer medians of the update ratio, gradient norm, dead and saturated fractions.
+    """Per-layer medians of the update ratio, gradient norm, dead, dormant and saturated fractions.
 
     Example
     -------
@@ -145,7 +145,8 @@ def monitor_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     records = well_formed(records)
     out: dict[str, Any] = {"samples": len(records)}
     for key, label in (("update_ratio", "update_ratio_median"), ("grad_norm", "grad_norm_median"),
-                       ("dead_fraction", "dead_fraction_median"), ("saturated_fraction", "saturated_fraction_median"),
+                       ("dead_fraction", "dead_fraction_median"), ("dormant_fraction", "dormant_fraction_median"),
+                       ("saturated_fraction", "saturated_fraction_median"),
                        ("act_std", "act_std_median")):
         recs = _after_first_step(records) if key == "update_ratio" else records
         out[label] = {name: _median(_series(recs, name, key)) for name in _layer_names(recs, key)}

@@ -168,8 +168,8 @@ class Monitor:
         self._samples = 0
         self._hooks: list[Any] = []
         # per activation layer: (its numbers, element count, units of dead_fraction, dead / saturated / None,
-        # units of dormant_fraction)
-        self._act_stats: dict[str, tuple[list[torch.Tensor], int, int, str | None, int]] = {}
+        # units of dormant_fraction, whether the output was fp16)
+        self._act_stats: dict[str, tuple[list[torch.Tensor], int, int, str | None, int, bool]] = {}
         self._types = {name: type(m).__name__ for name, m in model.named_modules()}
         for name, module in model.named_modules():  # a recurrent matrix takes its layer's type
             if isinstance(module, nn.RNNBase):
@@ -226,6 +226,7 @@ class Monitor:
             if name in self._act_stats or not mod.training or not isinstance(output, torch.Tensor):
                 return  # the first training forward only (L-BFGS calls forward several times)
             a = output.detach()
+            half = a.dtype == torch.float16  # fp16 autocast: how near the outputs come to fp16's largest value
             if not a.is_floating_point() or a.dtype in (torch.float16, torch.bfloat16):
                 a = a.float()
             # sum and sqrt(sum of squares), the mean and std then computed on the host: two cheap
@@ -256,8 +257,10 @@ class Monitor:
                 per_unit = torch.linalg.vector_norm(a, 1, dim=[d for d in range(a.dim()) if d != unit_dim])
                 dormant_units = per_unit.numel()
                 stats.append((per_unit <= DORMANT_TAU * per_unit.mean()).sum(dtype=a.dtype))
+            if half:
+                stats.append(torch.linalg.vector_norm(a, math.inf))  # max |a|, for fp16_overflow
             self._act_stats[name] = (stats, a.numel(), units, "dead" if relu else
-                                     "saturated" if tanh or sigmoid else None, dormant_units)
+                                     "saturated" if tanh or sigmoid else None, dormant_units, half)
             if output.requires_grad:
                 # the gradient arriving at this layer's output on the way back (Glorot & Bengio
                 # 2010 watch its variance across depth): the vanishing / exploding signal
@@ -339,19 +342,19 @@ class Monitor:
         self._armed = False
 
     def _record(self, step: int, n: int, flat: list[float],
-                layouts: tuple[list[tuple[str, int, int, str | None, int]], list[tuple[str, int, int]], bool],
+                layouts: tuple[list[tuple[str, int, int, str | None, int, bool]], list[tuple[str, int, int]], bool],
                 hists: dict[str, dict[str, Any]], loss: float) -> dict[str, Any]:
         """One sample's numbers as a record: 3n weight numbers (gradient, weight and update
         norms), then per activation layer: sum, sqrt(sum of squares), [dead or saturated
-        count], [dormant count], backpropagated gradient norm; then per watched layer input: dead units,
+        count], [dormant count], [max |a| of an fp16 output], backpropagated gradient norm; then per watched layer input: dead units,
         min, max, zeros, |x| > 0.99, |x - 0.5| > 0.49 (its units and elements are in the layout); then, when the cleared
         check ran, the norms of the gradient found before the backward pass and of the new one."""
         layout, input_layout, has_stale = layouts
         grad_norms, weight_norms, update_norms = flat[:n], flat[n:2 * n], flat[2 * n:3 * n]
         at = 3 * n
         layers: dict[str, dict[str, Any]] = {}
-        for name, count, units, counted, dormant_units in layout:
-            width = 2 + bool(counted) + bool(dormant_units)
+        for name, count, units, counted, dormant_units, half in layout:
+            width = 2 + bool(counted) + bool(dormant_units) + half
             total, root_sq = flat[at:at + 2]
             mean = total / count
             var = max(root_sq * root_sq / count - mean * mean, 0.0) * count / max(count - 1, 1)
@@ -361,7 +364,9 @@ class Monitor:
             elif counted == "saturated":
                 entry["saturated_fraction"] = flat[at + 2] / count
             if dormant_units:
-                entry["dormant_fraction"] = flat[at + width - 1] / dormant_units
+                entry["dormant_fraction"] = flat[at + width - 1 - half] / dormant_units
+            if half:
+                entry["act_absmax"] = flat[at + width - 1]
             back = flat[at + width]
             if not math.isnan(back):
                 entry["act_grad_rms"] = back / math.sqrt(count)

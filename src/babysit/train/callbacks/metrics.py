@@ -20,7 +20,10 @@ class MetricsLogger(Callback):
 
     Every epoch end is logged (step, epoch, lr, train_loss, train_acc, val_loss, val_acc,
     time); with ``log_every`` the training loss of every N-th batch is logged too (one
-    ``.item()`` sync at those steps only).
+    ``.item()`` sync at those steps only). The trainer's loss-spike and rollback records
+    (:attr:`Trainer.events`: ``{"event": "loss_spike" | "rollback", "step": ...}``, no ``epoch``
+    or ``lr`` key, so the readers of epoch records pass them by) are written as they come,
+    before the epoch's record.
     """
 
     def __init__(self, path: str | Path, log_every: int | None = None, flush_every_s: float = 2.0):
@@ -29,12 +32,20 @@ class MetricsLogger(Callback):
         self.flush_every_s = flush_every_s
         self._handle = None
         self._last_flush = 0.0
+        self._events = 0  # trainer.events written so far
         if log_every is None:  # no per-batch work at all
             self.on_batch_end = Callback.on_batch_end.__get__(self)  # type: ignore[method-assign]
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = self.path.open("a", encoding="utf-8")
+        self._events = len(trainer.events)
+
+    def _write_events(self, trainer: Trainer) -> None:
+        events = trainer.events
+        for record in events[self._events:]:
+            self._write(record)
+        self._events = len(events)
 
     def _write(self, record: dict[str, Any]) -> None:
         assert self._handle is not None
@@ -42,6 +53,7 @@ class MetricsLogger(Callback):
 
     def on_batch_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
         if self.log_every and trainer.state.step % self.log_every == 0:
+            self._write_events(trainer)
             self._write({
                 "step": trainer.state.step,
                 "epoch": trainer.state.epoch,
@@ -50,6 +62,7 @@ class MetricsLogger(Callback):
             })
 
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        self._write_events(trainer)
         self._write(dict(logs))
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
@@ -63,6 +76,7 @@ class MetricsLogger(Callback):
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if self._handle is not None:
+            self._write_events(trainer)
             self._handle.close()
             self._handle = None
 

@@ -64,7 +64,20 @@ class MonitorCallback(Callback):
 
     def on_batch_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
         if self.monitor.observe_loss(loss) is not None:
-            self._stop(trainer, self.monitor.guard)
+            if trainer.spike_handled:
+                # train.on_spike skip / rollback undid this loss (a spike, or a step after one in a
+                # rolled-back window): no reason to stop; the guard stays armed for what follows
+                self.monitor.guard = None
+            else:
+                self._stop(trainer, self.monitor.guard)
+
+    def on_rollback(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        # the weights the monitor copied before its next sampled step (to measure that step's
+        # update) were rolled back: copy them again
+        monitor = self.monitor
+        if monitor is not None and monitor._armed:
+            monitor._disarm()
+            monitor._arm()
 
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         # between samples: the epoch's mean loss is already on the host

@@ -25,7 +25,7 @@ class TensorBoardLogger(Callback):
     too, built at those same writes into an event file of its own next to the writer's
     (checksummed many at once: :func:`masked_crc32c`): ``monitors/loss``,
     ``monitors/<layer>/<statistic>`` for the statistics the report draws (``update_ratio``, ``grad_norm``, ``act_std``,
-    ``act_grad_rms``, ``dead_fraction``, ``saturated_fraction``: the same numbers as in
+    ``act_grad_rms``, ``dead_fraction``, ``dormant_fraction``, ``saturated_fraction``: the same numbers as in
     ``monitors.jsonl``) and ``monitors/<layer>/activations``, a histogram, where the sample
     has one; so ``tensorboard --logdir runs`` shows what the report shows.
 
@@ -164,7 +164,7 @@ class MonitorEventFile:
 # The per-layer statistics the report draws: these go to TensorBoard (each number more is
 # bytes to encode and checksum on the training thread); the rest stay in monitors.jsonl.
 TENSORBOARD_STATISTICS = ("update_ratio", "grad_norm", "act_std", "act_grad_rms", "dead_fraction",
-                          "saturated_fraction")
+                          "dormant_fraction", "saturated_fraction")
 
 
 def monitor_summary_values(record: dict[str, Any]) -> list[Any]:
