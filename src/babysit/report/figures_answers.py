@@ -48,7 +48,7 @@ def _reliability_panel(ax: Any, bins: dict[str, Any], n_bins: int, title: str) -
     ax.bar(centers, [a for _, _, a in regular], width=width, color="tab:blue", edgecolor="black", lw=0.5,
            label="accuracy")
     ax.bar(centers, [c - a for _, c, a in regular], bottom=[a for _, _, a in regular], width=width,
-           color="tab:red", alpha=0.3, edgecolor="tab:red", lw=0.5, hatch="//", label="gap to confidence")
+           color="tab:red", alpha=0.3, edgecolor="tab:red", lw=0.5, label="gap to confidence")
     ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="calibrated")
     saturated = [(a, count[k]) for k, _, a in rows if k == n_bins]  # confidence exactly 1.0 (its own bin)
     if saturated:
