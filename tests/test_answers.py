@@ -301,3 +301,17 @@ def test_per_class_findings_of_an_unfinished_run_name_their_cause():
     assert found["not_converged"].severity == "warning"
     # on their own (a finished, healthy-looking run) they stay warnings
     assert {f.severity for f in reconcile([never, weak])} == {"warning"}
+
+
+def test_a_perfectly_classified_validation_split_fits_no_temperature():
+    """Every validation example right and confident: the NLL falls all the way to T -> 0, so the
+    fit runs to its bound; no temperature is kept (scaling by it would wreck the test NLL)."""
+    from babysit.checks.answers import calibration
+
+    gen = torch.Generator().manual_seed(0)
+    y = {s: torch.randint(0, 3, (200,), generator=gen) for s in ("val", "test")}
+    z = {s: 4 * torch.nn.functional.one_hot(y[s], 3).float() for s in y}
+    z["test"][:20] = z["test"][:20].roll(1, dims=1)  # the test split has mistakes
+    summary, detail = calibration(z, y)
+    assert summary["temperature"] is None and summary["temperature_unbounded"] is True
+    assert detail["temperature"] is None and "test_ece_scaled" not in summary

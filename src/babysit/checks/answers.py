@@ -267,7 +267,16 @@ def calibration(logits: Mapping[str, Tensor], targets: Mapping[str, Tensor],
     (True, True)
     """
     temperature = fit_temperature(logits["val"], targets["val"]) if "val" in logits else None
+    # every validation example right: the NLL keeps falling as T -> 0, there is no finite optimum (the
+    # fit stops at its bound or where the gradient underflows), and dividing by it would wreck the test NLL
+    # (options-lbfgs on spirals: T 0.05, test NLL 0.058 -> 0.93)
+    unbounded = temperature is not None and (abs(math.log(temperature)) >= LOG_T_BOUND - 1e-6
+                                             or bool((logits["val"].argmax(-1) == targets["val"]).all()))
+    if unbounded:
+        temperature = None
     summary: dict[str, Any] = {"temperature": temperature, "bins": n_bins}
+    if unbounded:
+        summary["temperature_unbounded"] = True
     reliability: dict[str, Any] = {}
     for name, z in logits.items():
         y = targets[name]
@@ -284,7 +293,7 @@ def calibration(logits: Mapping[str, Tensor], targets: Mapping[str, Tensor],
                             f"{name}_nll_scaled": F.cross_entropy(z.double() / temperature, y).item(),
                             f"{name}_confidence_scaled": float(scaled["confidence"].sum() / scaled["count"].sum())})
     detail = {"temperature": temperature, "fitted_on": "val" if temperature is not None else None, "bins": n_bins,
-              "reliability": reliability}
+              "reliability": reliability, **({"temperature_unbounded": True} if unbounded else {})}
     return summary, detail
 
 
@@ -301,6 +310,9 @@ def saved_temperature(run_dir: str | Path) -> float:
     """
     detail = read_json(Path(run_dir) / CALIBRATION_FILE)
     temperature = detail.get("temperature") if isinstance(detail, dict) else None
+    if isinstance(detail, dict) and detail.get("temperature_unbounded"):
+        raise BabysitError(f"{run_dir}: no fitted temperature: the model classified every validation example "
+                           "right, so no finite temperature minimises their loss; use the run's own probabilities")
     if not isinstance(temperature, int | float) or not (temperature > 0 and math.isfinite(temperature)):
         raise BabysitError(f"{run_dir}: no fitted temperature ({CALIBRATION_FILE}); runs with a softmax "
                            "(cross_entropy, nll) or one bce logit and a validation split fit one when they end")
