@@ -391,3 +391,25 @@ def test_healthy_runs_get_no_loss_spike(spec, tmp_path):
     result = run(experiment, out=tmp_path / "r", quiet=True, report=False)
     assert not [f for f in result.findings if f.id in ("loss_spike", "loss_exploded", "nonfinite_loss")]
     assert not [r for r in read_jsonl(tmp_path / "r" / "metrics.jsonl") if "event" in r]
+
+
+def test_a_hard_batch_late_in_a_fitted_run_is_not_a_spike():
+    """examples/mnist1d-cnn.yaml ends with a training loss near 0.01, where single batches reach
+    0.27 (10-30x the average): one hard batch, not an instability. A spike must also undo a
+    quarter of the progress (SPIKE_PROGRESS): a batch back at 1.0 does."""
+    from babysit.checks.spikes import SPIKE_PROGRESS, SpikeDetector
+
+    detector = SpikeDetector(3.0)
+    losses = [2.3 * math.exp(-step / 70) * (1.1 if step % 2 else 0.9) + 0.005 for step in range(900)]
+    for value in losses:  # from 2.3 down to about 0.005, with a little noise
+        detector.fold(value)
+    average = detector.average
+    start = math.exp(sum(math.log(v) for v in losses[:8]) / 8)  # the first 8 losses' level
+    assert average < 0.01 and start > 2
+    assert detector.threshold == pytest.approx(average + SPIKE_PROGRESS * (start - average), rel=1e-9)
+    assert not detector.is_spike(0.27) and detector.is_spike(1.0)
+    without_floor = math.exp(math.log(average) + math.log(3.0))  # 3x the average alone would flag 0.27
+    assert without_floor < 0.27
+    restored = SpikeDetector(3.0)
+    restored.load_state_dict(detector.state_dict())
+    assert restored.threshold == detector.threshold
