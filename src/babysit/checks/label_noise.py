@@ -169,21 +169,8 @@ def predicted_probabilities(model: nn.Module, x: Tensor, loss_name: str,
 def _penalty(spec: Experiment, model: nn.Module) -> tuple[Callable[[nn.Module], Tensor] | None,
                                                           regularization.ActivityRegularizer | None]:
     """The run's L1 and activity penalties for one fit (as the run path's ``make_penalty``)."""
-    l1, activity = spec.regularization.l1, None
-    if spec.regularization.activity > 0:
-        activity = regularization.ActivityRegularizer(nets.activation_modules(model), spec.regularization.activity)
-    if not l1 and activity is None:
-        return None, None
-
-    def penalty(m: nn.Module) -> Tensor:
-        total = torch.zeros((), device=next(m.parameters()).device)
-        if l1:
-            total = total + l1 * regularization.l1_penalty(m)
-        if activity is not None:
-            total = total + activity.penalty()
-        return total
-
-    return penalty, activity
+    reg = spec.regularization
+    return regularization.penalty_function(reg.l1, reg.activity, nets.activation_modules(model))
 
 
 def cross_validated_probabilities(spec: Experiment, splits: Splits, folds: int = FOLDS, epochs: int | None = None,

@@ -13,7 +13,9 @@ Weight decay (L2 on the weights) is the optimizer's ``weight_decay``; see ``opti
 
 Example
 -------
->>> import torch
+>>> from collections.abc import Callable
+
+import torch
 >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
 >>> activity = ActivityRegularizer([model[1]], coefficient=1e-3)
 >>> x = add_input_noise(torch.randn(8, 3), std=0.1)
@@ -23,6 +25,8 @@ Example
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -163,3 +167,31 @@ def add_input_noise(x: Tensor, std: float, generator: torch.Generator | None = N
     if std == 0:
         return x
     return x + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def penalty_function(l1: float, activity: float, activations: list[nn.Module]
+                     ) -> tuple[Callable[[nn.Module], Tensor] | None, ActivityRegularizer | None]:
+    """L1 on the weights (coefficient ``l1``) and the activity penalty on ``activations``' outputs
+    (coefficient ``activity``) as one ``model -> scalar`` function, and the activity regularizer
+    (its hooks live as long as it does); ``(None, None)`` when both are 0.
+
+    Example
+    -------
+    >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
+    >>> penalty, activity = penalty_function(0.0, 0.0, [net[1]])
+    >>> penalty is None and activity is None
+    True
+    """
+    regularizer = ActivityRegularizer(activations, activity) if activity > 0 else None
+    if not l1 and regularizer is None:
+        return None, None
+
+    def penalty(m: nn.Module) -> Tensor:
+        total = torch.zeros((), device=next(m.parameters()).device)
+        if l1:
+            total = total + l1 * l1_penalty(m)
+        if regularizer is not None:
+            total = total + regularizer.penalty()
+        return total
+
+    return penalty, regularizer

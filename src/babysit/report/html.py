@@ -368,34 +368,30 @@ _DYNAMICS_FINDINGS = {"batch_too_small": "noise_scale.jsonl", "batch_too_large":
                       "attention_logit_growth": "transformer.jsonl"}
 
 
-def _leakage_figure(run: RunFiles) -> Any:
-    """The closest duplicate pairs (leakage.json's ``shown``, their examples in leakage.npz)."""
-    found = read_json(run.path / "leakage.json", {})
-    shown = found.get("shown") if isinstance(found, dict) else None
-    examples = run.path / "leakage.npz"
-    if not isinstance(shown, list) or not shown or not examples.is_file():
+def _examples_figure(run: RunFiles, listing: str, key: str, examples: str, arrays: tuple[str, ...], draw: Any) -> Any:
+    """A figure of examples a check listed: ``listing``'s ``key`` list (a JSON file of the run) and
+    their inputs, the ``arrays`` of the ``examples`` .npz beside it; None when either is missing or
+    damaged (a damaged file loses its figure, not the report)."""
+    found = read_json(run.path / listing, {})
+    shown = found.get(key) if isinstance(found, dict) else None
+    if not isinstance(shown, list) or not shown or not (run.path / examples).is_file():
         return None
     try:
-        with np.load(examples, allow_pickle=False) as arrays:
-            data = {"a": arrays["a"], "b": arrays["b"]}
-    except (OSError, KeyError, ValueError):  # a damaged file loses its figure, not the report
+        with np.load(run.path / examples, allow_pickle=False) as stored:
+            data = {name: stored[name] for name in arrays}
+    except (OSError, KeyError, ValueError):
         return None
-    return leakage_figure(shown, data)
+    return draw(shown, data)
+
+
+def _leakage_figure(run: RunFiles) -> Any:
+    """The closest duplicate pairs (leakage.json's ``shown``, their examples in leakage.npz)."""
+    return _examples_figure(run, "leakage.json", "shown", "leakage.npz", ("a", "b"), leakage_figure)
 
 
 def _label_issues_figure(run: RunFiles) -> Any:
     """The most suspect training labels (label_issues.json's ``suspects``, their inputs in label_issues.npz)."""
-    found = read_json(run.path / "label_issues.json", {})
-    suspects = found.get("suspects") if isinstance(found, dict) else None
-    examples = run.path / "label_issues.npz"
-    if not isinstance(suspects, list) or not suspects or not examples.is_file():
-        return None
-    try:
-        with np.load(examples, allow_pickle=False) as arrays:
-            data = {"x": arrays["x"]}
-    except (OSError, KeyError, ValueError):
-        return None
-    return label_issues_figure(suspects, data)
+    return _examples_figure(run, "label_issues.json", "suspects", "label_issues.npz", ("x",), label_issues_figure)
 
 
 def _answers_section(run: RunFiles) -> str:

@@ -52,22 +52,8 @@ def prepare(spec: Experiment, splits: data_module.Splits | None = None, *, two_n
 
 def make_penalty(spec: Experiment, model: nn.Module) -> tuple[Any, regularization.ActivityRegularizer | None]:
     """L1 on weights and the activity penalty as one ``model -> scalar`` function (or None)."""
-    l1 = spec.regularization.l1
-    activity = None
-    if spec.regularization.activity > 0:
-        activity = regularization.ActivityRegularizer(nets.activation_modules(model), spec.regularization.activity)
-    if not l1 and activity is None:
-        return None, None
-
-    def penalty(m: nn.Module) -> torch.Tensor:
-        total = torch.zeros((), device=next(m.parameters()).device)
-        if l1:
-            total = total + l1 * regularization.l1_penalty(m)
-        if activity is not None:
-            total = total + activity.penalty()
-        return total
-
-    return penalty, activity
+    reg = spec.regularization
+    return regularization.penalty_function(reg.l1, reg.activity, nets.activation_modules(model))
 
 
 __all__ = ["make_penalty", "prepare"]
