@@ -206,6 +206,13 @@ class Monitor:
             torch._foreach_copy_(self._before, params)
         self._armed = True
 
+    def rearm(self) -> None:
+        """The weights were set back outside a step (a rollback): if the next step is sampled, copy
+        them again, so that its update is measured from where it really starts."""
+        if self._armed:
+            self._disarm()
+            self._arm()
+
     def _disarm(self) -> None:
         for handle in self._hooks:
             handle.remove()

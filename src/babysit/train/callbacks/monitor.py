@@ -74,10 +74,8 @@ class MonitorCallback(Callback):
     def on_rollback(self, trainer: Trainer, record: dict[str, Any]) -> None:
         # the weights the monitor copied before its next sampled step (to measure that step's
         # update) were rolled back: copy them again
-        monitor = self.monitor
-        if monitor is not None and monitor._armed:
-            monitor._disarm()
-            monitor._arm()
+        if self.monitor is not None:
+            self.monitor.rearm()
 
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         # between samples: the epoch's mean loss is already on the host
