@@ -78,6 +78,7 @@ ON_THE_API = {"gradient_check_failed", "batch_mixing", "gradients_accumulate", "
               # each raised by a run built to have it, in the check's own test file:
               "fp16_overflow",  # test_precision.py
               "loss_spike",  # test_spikes.py
+              "input_bound",  # test_input_bound.py
               "batch_too_small", "batch_too_large",  # test_noise_scale.py
               "edge_of_stability", "lr_beyond_stability",  # test_sharpness.py
               "attention_entropy_collapse", "attention_logit_growth",  # test_transformer_health.py
@@ -103,7 +104,7 @@ def test_pathology_gets_its_finding(name, spec_file, overrides, expected, tmp_pa
         x, y = load_digits(return_X_y=True)
         np.savez(tmp_path / "raw.npz", x=(x * 255 / 16).reshape(-1, 1, 8, 8).astype("float32"), y=y)
         overrides = [o.replace("RAW_PIXELS", str(tmp_path / "raw.npz")) for o in overrides]
-    result = run(config.load(spec_path, ["train.device=cpu", *overrides]), out=tmp_path / name, quiet=True)
+    result = run(config.load(spec_path, ["train.device=cpu", *overrides]), out=tmp_path / name, quiet=True, report=False)
     written = json.loads((tmp_path / name / "findings.json").read_text())
     found: dict = {}
     for f in written:  # the first (most severe) of each id
@@ -121,6 +122,6 @@ def test_pathology_gets_its_finding(name, spec_file, overrides, expected, tmp_pa
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_examples_raise_no_warning(path, tmp_path):
     """No false alarms: every example, trained as written, gets at most info findings."""
-    result = run(config.load(path, ["train.device=cpu"]), out=tmp_path / path.stem, quiet=True)
+    result = run(config.load(path, ["train.device=cpu"]), out=tmp_path / path.stem, quiet=True, report=False)
     loud = [(f.id, f.layer, f.message) for f in result.findings if f.severity != "info"]
     assert loud == []

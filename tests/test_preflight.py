@@ -35,6 +35,7 @@ DESIGN_IDS = [
     "update_ratio_low",
     "gradients_accumulate", "loss_at_chance",  # a user's own loop (babysit.watch)
     "loss_spike", "fp16_overflow",
+    "input_bound",  # the sampled steps wait for their data (checks/input_bound.py)
     "batch_too_small", "batch_too_large",  # McCandlish et al. 2018 (checks.noise_scale)
     "edge_of_stability", "lr_beyond_stability",  # Cohen et al. 2021 (checks.sharpness_every)
     "attention_entropy_collapse", "attention_logit_growth",  # checks.transformer

@@ -322,7 +322,7 @@ def test_the_resolved_spec_folds_keys_that_do_not_apply(newcomer):
     csv_spec = config.validate({"data": {"source": "csv", "path": "t.csv", "target": "label"}}).model_dump(mode="json")
     shown, folded = split_spec(csv_spec)
     assert {"path", "target", "val_fraction", "test_fraction", "preprocess"} <= set(shown["data"])
-    assert set(folded["data"]) == {"samples", "context", "classes", "noise"}
+    assert set(folded["data"]) == {"samples", "context", "classes", "noise", "in_memory_limit", "workers"}
     assert shown["optimizer"] == csv_spec["optimizer"]  # sections without a table are shown whole
     # conditions: groups with norm group, init_std with init normal, a GAN's widths by its backbone
     gan = config.validate({"model": {"kind": "gan", "backbone": "cnn", "norm": "group", "init": "normal"}})

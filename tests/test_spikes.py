@@ -323,13 +323,13 @@ def test_the_replay_changes_nothing(digits):
 
 
 def _corrupting(monkeypatch, at, scale):
-    from babysit.run import runner
+    import babysit.data
 
     class CorruptedAt(Corrupted):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, at=at, scale=scale, **kwargs)
 
-    monkeypatch.setattr(runner, "Batches", CorruptedAt)
+    monkeypatch.setattr(babysit.data, "Batches", CorruptedAt)  # what the run path's data.batches builds
 
 
 DIGITS_RUN = {"data": {"source": "digits", "batch_size": 64}, "model": {"kind": "mlp", "hidden": [32]},

@@ -28,6 +28,8 @@ from babysit.errors import BabysitError
 
 DataSource = Literal["mnist1d", "digits", "spirals", "blobs", "npz", "csv", "folder", "text"]
 Preprocess = Literal["center", "standardize", "pca_whiten", "zca_whiten"]
+# on the device, training batches only (babysit.data.augment): images flip / crop, sequences shift, any noise
+Augmentation = Literal["flip", "crop", "noise", "shift"]
 ModelKind = Literal[
     "mlp", "cnn", "resnet", "rnn", "gru", "lstm", "autoencoder", "gan", "gpt", "perceptron"
 ]
@@ -60,9 +62,29 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """A size such as ``'500MB'``, ``'2 GB'`` or ``'1.5GiB'`` in bytes (KB/MB/GB are powers of 10,
+    KiB/MiB/GiB powers of 2).
+
+    Example
+    -------
+    >>> parse_bytes("2GB"), parse_bytes("1.5 KiB"), parse_bytes("300")
+    (2000000000, 1536, 300)
+    """
+    found = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", text)
+    unit = found.group(2).lower() if found else None
+    if found is None or unit not in _BYTE_UNITS:
+        raise ValueError(f"must be a number of bytes or a size such as '500MB', '2GB' or '1.5GiB', got {_echo(text)}")
+    return int(float(found.group(1)) * _BYTE_UNITS[unit])
+
+
 class DataSpec(Section):
     source: DataSource = "mnist1d"
-    path: str | None = None  # npz / csv / folder
+    path: str | None = None  # npz (a .npz file, or a folder of x.npy, y.npy [, x_test.npy, y_test.npy]) / csv / folder
     target: str | int | None = None  # csv: label column (name or index); default the last
     train_size: int | None = Field(None, gt=0)  # keep only the first N training examples
     # decides the data set's examples (generated sources) and its train/val/test carving; the
@@ -76,6 +98,18 @@ class DataSpec(Section):
     noise: float = Field(0.2, ge=0.0)  # spirals / blobs
     preprocess: list[Preprocess] = Field(default_factory=lambda: ["standardize"])
     batch_size: int | Literal["full"] = 128
+    augment: list[Augmentation] = Field(default_factory=list)  # random flip / crop (images), noise, shift (sequences)
+
+    # a folder of images or of .npy files (memory-mapped) holding more than this many bytes as
+    # float32 streams from disk through a DataLoader, batch by batch; smaller sets are loaded whole
+    # (bytes, or a size such as '500MB', '2GB', '1.5GiB'; 0 streams every such set)
+    in_memory_limit: int = Field(2_000_000_000, ge=0)
+    workers: int = Field(0, ge=0, le=256)  # DataLoader worker processes of the streaming path (0: read in the training process)
+
+    @field_validator("in_memory_limit", mode="before")
+    @classmethod
+    def _size_in_bytes(cls, value: Any) -> Any:
+        return parse_bytes(value) if isinstance(value, str) else value
 
     @field_validator("batch_size")
     @classmethod
@@ -88,6 +122,21 @@ class DataSpec(Section):
     def _path_for_files(self) -> DataSpec:
         if self.source in ("npz", "csv", "folder") and not self.path:
             raise ValueError(f"data.path is required for source '{self.source}'")
+        return self
+
+    @field_validator("augment")
+    @classmethod
+    def _distinct_augmentations(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"each operation at most once, got {', '.join(repeated)} more than once")
+        return value
+
+    @model_validator(mode="after")
+    def _augment_real_inputs(self) -> DataSpec:
+        if self.augment and self.source == "text":
+            raise ValueError("data.augment: not for data.source: text (token ids have no neighbours to flip, "
+                             "crop, shift or add noise to); leave it []")
         return self
 
 
@@ -702,6 +751,9 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
     ``babysit train`` (``make demo``) and ``examples/mnist1d-mlp.yaml`` write different folders.
     """
     raw = read_yaml(path) if path is not None else {}
+    if isinstance(raw, dict) and raw.get("recorded_by") is not None:  # babysit.watch, the Lightning callback
+        raise BabysitError(f"{path}: recorded by babysit.{raw['recorded_by']} from a training loop babysit did not "
+                           "drive; not a spec babysit can train, resume or rebuild (babysit report and compare read it)")
     for text in overrides or []:
         keys, value = parse_override(text)
         set_dotted(raw, keys, value)

@@ -7,7 +7,7 @@ Example
 -------
 >>> from babysit.checks import FINDINGS
 >>> len(FINDINGS), FINDINGS["initial_loss_off"]
-(44, 'Initial loss off')
+(45, 'Initial loss off')
 """
 
 from babysit.checks.findings import FINDINGS, SEVERITIES, Finding, sort_findings, write_findings

@@ -73,6 +73,7 @@ from torch import Tensor
 
 from babysit.checks.findings import Finding
 from babysit.data import Splits
+from babysit.data.streaming import SAMPLE_EXAMPLES
 from babysit.rundir import save_npz, write_json
 
 # Barz & Denzler 2020 (arXiv 1902.00423) call images near-duplicates when a human cannot tell
@@ -527,9 +528,15 @@ def class_imbalance(targets: Tensor, num_classes: int, *, class_names: Sequence[
 
 def data_findings(splits: Splits, *, loss_weights: str = "none") -> tuple[list[Finding], Leakage | None]:
     """The data checks of a run's splits: ``split_leakage``, ``conflicting_duplicates`` and
-    ``class_imbalance``, and the :class:`Leakage` found (None for token ids), for :func:`write_leakage`."""
-    leakage = find_leakage(splits)
+    ``class_imbalance``, and the :class:`Leakage` found (None for token ids), for :func:`write_leakage`.
+    Data streamed from disk is searched in the first :data:`~babysit.data.streaming.SAMPLE_EXAMPLES`
+    examples of each split (the findings' evidence says so); the class counts use every label."""
+    leakage = find_leakage(splits.bounded())
     found = leakage_findings(leakage) if leakage is not None else []
+    if splits.streaming:
+        for finding in found:
+            finding.evidence["searched"] = (f"the first {SAMPLE_EXAMPLES} examples of each split "
+                                            "(the data streams from disk)")
     if _labels(splits) and splits.num_classes is not None:
         imbalance = class_imbalance(splits.train.y, splits.num_classes, class_names=splits.class_names,
                                     weighted=loss_weights == "balanced")

@@ -50,6 +50,7 @@ FINDINGS: dict[str, str] = {
     "loss_at_chance": "Loss stuck at chance",
     "loss_spike": "Loss spike",
     "fp16_overflow": "fp16 overflow",
+    "input_bound": "Training waits for its data",
     # opt-in training dynamics (checks: noise_scale, sharpness_every, transformer)
     "batch_too_small": "Batch far below the critical batch size",
     "batch_too_large": "Batch far above the critical batch size",

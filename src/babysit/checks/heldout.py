@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from babysit.checks.findings import Finding
+from babysit.data.streaming import bounded
 
 # A held-out value beyond its feature's training range by more than FAR_OUTSIDE stds of the
 # training inputs (pooled over every feature) is one the network never saw anything like:
@@ -49,7 +50,11 @@ TEST_VAL_AGAINST_CHANCE = 0.1
 
 def heldout_range(train_x: torch.Tensor, heldout: dict[str, torch.Tensor | None]) -> list[Finding]:
     """``heldout_out_of_range`` when a held-out split's (preprocessed) inputs lie more than
-    :data:`FAR_OUTSIDE` pooled training stds beyond their feature's training range."""
+    :data:`FAR_OUTSIDE` pooled training stds beyond their feature's training range. Inputs
+    streamed from disk are judged on their first :data:`~babysit.data.streaming.SAMPLE_EXAMPLES`
+    examples (the training range of those, against the held-out splits' first ones)."""
+    train_x = bounded(train_x)
+    heldout = {name: None if x is None else bounded(x) for name, x in heldout.items()}
     if not torch.is_floating_point(train_x) or len(train_x) < 2:
         return []
     train = train_x.detach().reshape(len(train_x), -1).double()

@@ -6,7 +6,8 @@ workers, collation and per-example indexing are pure overhead. Each epoch here c
 slice, i.e. a view with no copy.
 
 Randomness comes only from the caller's ``torch.Generator``. The training loop checkpoints
-that generator, so a resumed run replays exactly the batches it would have seen.
+that generator, so a resumed run replays exactly the batches it would have seen. Data too
+large for memory has the same batches read from disk: :class:`babysit.data.streaming.StreamBatches`.
 
 Example
 -------
@@ -24,6 +25,8 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
+
+from babysit.errors import BabysitError
 
 
 class Batches:
@@ -52,6 +55,9 @@ class Batches:
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int | str,
                  generator: torch.Generator | None, shuffle: bool = True, *, rank: int = 0, world_size: int = 1):
+        if getattr(x, "streamed", False):  # a LazyInputs: x[perm] below would read the whole set into memory
+            raise BabysitError("data.in_memory_limit: this command needs the training split in memory, and the "
+                               "data set is larger than data.in_memory_limit; raise it (or train with babysit train)")
         if len(x) != len(y):
             raise ValueError(f"Batches: x has {len(x)} examples but y has {len(y)}")
         if batch_size != "full" and not (isinstance(batch_size, int) and batch_size >= 1):

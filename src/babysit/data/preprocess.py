@@ -33,7 +33,8 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -84,6 +85,76 @@ class Preprocessor:
             z = _apply(z, shift, weight)
         return self
 
+    def fit_streamed(self, chunks: Iterable[torch.Tensor], input_shape: Sequence[int]) -> Preprocessor:
+        """:meth:`fit` in one pass over training inputs that come a chunk at a time (data streamed
+        from disk, :mod:`babysit.data.streaming`): each chunk (B, *input_shape) adds to running
+        float64 means and centred second moments (:class:`Moments`; the full D x D ones only when
+        a whitening step needs them), and every step is then fitted from those moments, carried
+        through the steps before it (each step is affine: z -> (z - shift) W). The result equals
+        :meth:`fit` on all the chunks at once up to float64 rounding (tests/test_streaming.py).
+
+        Example
+        -------
+        >>> x = torch.randn(100, 3)
+        >>> whole = Preprocessor(["standardize"]).fit(x).fitted[0][1]
+        >>> streamed = Preprocessor(["standardize"]).fit_streamed(x.split(32), (3,)).fitted[0][1]
+        >>> torch.allclose(whole, streamed, rtol=1e-12)
+        True
+        """
+        features = math.prod(input_shape)
+        whiten = any(s.endswith("_whiten") for s in self.steps)
+        if whiten and features > MAX_WHITEN_FEATURES:
+            raise BabysitError(f"data.preprocess: whitening {features} features needs a {features}x{features} "
+                               f"covariance; it is limited to {MAX_WHITEN_FEATURES} features, use standardize")
+        moments = Moments(full=whiten)
+        if self.steps:
+            for chunk in chunks:
+                moments.add(chunk.reshape(len(chunk), -1).to(torch.float64))  # (B, *shape) -> (B, D)
+        return self.fit_moments(moments, channels=input_shape[0] if len(input_shape) == 3 else None)
+
+    def fit_moments(self, moments: Moments, channels: int | None = None) -> Preprocessor:
+        """Fit the steps from the training inputs' :class:`Moments` (``channels``: images of that
+        many channels, standardised per channel as :meth:`fit` does)."""
+        self.fitted = []
+        if not self.steps:
+            return self
+        if moments.count < 1:
+            raise ValueError("Preprocessor.fit_moments: no training examples")
+        count, mean, m2 = moments.count, moments.mean, moments.m2  # m2: (D,) or (D, D)
+        for step in self.steps:
+            variance = (m2.diagonal() if m2.ndim == 2 else m2) / max(count - 1, 1)
+            if step == "center":
+                shift, weight = mean, None
+            elif step == "standardize" and channels is not None:
+                pixels = len(mean) // channels  # pooled over a channel's pixels: (C, P) -> (C,)
+                pixel_mean = mean.reshape(channels, pixels)
+                channel_mean = pixel_mean.mean(1)
+                channel_m2 = ((variance * max(count - 1, 1)).reshape(channels, pixels)
+                              + count * (pixel_mean - channel_mean[:, None]).pow(2)).sum(1)
+                std = (channel_m2 / max(count * pixels - 1, 1)).sqrt()
+                shift, weight = (t.repeat_interleave(pixels) for t in _standardized(channel_mean, std))
+            elif step == "standardize":
+                shift, weight = _standardized(mean, variance.sqrt())
+            else:
+                eigenvalues, u = _eigh(m2 / max(count - 1, 1))
+                shift, weight = _whitened(mean, eigenvalues, u, self.eps, zca=step == "zca_whiten")
+            self.fitted.append((shift, weight))
+            # the moments of this step's output: z' = (z - shift) W
+            mean = _apply(mean[None], shift, weight)[0]
+            if weight is not None and weight.ndim == 1:
+                m2 = m2 * (weight[:, None] * weight[None, :] if m2.ndim == 2 else weight.pow(2))
+            elif weight is not None:
+                m2 = weight.T @ m2 @ weight
+        return self
+
+    def to(self, device: torch.device | str) -> Preprocessor:
+        """A copy whose fitted statistics live on ``device`` (to apply them to batches there)."""
+        moved = Preprocessor(self.steps, self.eps)
+        if self.fitted is not None:
+            moved.fitted = [(shift.to(device), None if weight is None else weight.to(device))
+                            for shift, weight in self.fitted]
+        return moved
+
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the fitted steps to ``x`` (N, *input_shape); returns the same shape and dtype."""
         if self.fitted is None:
@@ -131,13 +202,75 @@ def _apply(z: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor | None) ->
     return z * weight if weight.ndim == 1 else z @ weight  # (N, D) * (D,) or (N, D) @ (D, D)
 
 
+class Moments:
+    """Count, mean (D,) and centred second moments M2 = sum (z - mean)^2 of the rows seen so far,
+    per feature (D,) or, with ``full``, as the (D, D) matrix of cross-products; float64. Chunks
+    merge with the pairwise update of Chan, Golub & LeVeque (1979), which stays accurate where the
+    textbook sum-of-squares formula cancels.
+
+    Example
+    -------
+    >>> z = torch.randn(50, 2, dtype=torch.float64)
+    >>> m = Moments(full=True)
+    >>> for chunk in z.split(16):
+    ...     m.add(chunk)
+    >>> torch.allclose(m.m2 / 49, torch.cov(z.T))
+    True
+    """
+
+    def __init__(self, full: bool = False):
+        self.full = full
+        self.count = 0
+        self.mean = torch.zeros(0, dtype=torch.float64)
+        self.m2 = torch.zeros(0, dtype=torch.float64)
+
+    def add(self, z: torch.Tensor) -> None:
+        """Merge a chunk of rows (B, D)."""
+        n_b = len(z)
+        if n_b == 0:
+            return
+        z = z.to(torch.float64)
+        mean_b = z.mean(0)
+        centered = z - mean_b
+        m2_b = centered.T @ centered if self.full else centered.pow(2).sum(0)
+        if self.count == 0:
+            self.count, self.mean, self.m2 = n_b, mean_b, m2_b
+            return
+        n_a, n = self.count, self.count + n_b
+        delta = mean_b - self.mean
+        spread = torch.outer(delta, delta) if self.full else delta.pow(2)
+        self.m2 = self.m2 + m2_b + spread * (n_a * n_b / n)
+        self.mean = self.mean + delta * (n_b / n)
+        self.count = n
+
+
+def _eigh(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending, clamped at 0) and eigenvectors (columns) of a covariance."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+    return eigenvalues.clamp_min(0.0), eigenvectors
+
+
 def _covariance_eigh(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean, eigenvalues (ascending, clamped at 0) and eigenvectors (columns) of the covariance."""
     mean = z.mean(0)
     centered = z - mean
     cov = centered.T @ centered / max(len(z) - 1, 1)  # (D, D), unbiased like numpy.cov
-    eigenvalues, eigenvectors = torch.linalg.eigh(cov)
-    return mean, eigenvalues.clamp_min(0.0), eigenvectors
+    return mean, *_eigh(cov)
+
+
+def _standardized(mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shift, scale) of standardisation; a feature constant on the training split is only centred."""
+    constant = std <= STD_FLOOR * mean.abs().clamp_min(1.0)
+    return mean, torch.where(constant, torch.ones_like(std), 1.0 / std)
+
+
+def _whitened(mean: torch.Tensor, eigenvalues: torch.Tensor, u: torch.Tensor, eps: float,
+              zca: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    pca = u / torch.sqrt(eigenvalues + eps)  # U diag(1/sqrt(l+eps)): column k scaled
+    if not zca:
+        return mean, pca
+    w = pca @ u.T  # U diag(1/sqrt(l+eps)) U^T
+    return mean, (w + w.T) / 2  # symmetric in exact arithmetic; make it so in floating point
 
 
 def fit_center(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, None]:
@@ -147,8 +280,7 @@ def fit_center(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, None]:
 def fit_standardize(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     mean = z.mean(0)
     std = ((z - mean).pow(2).sum(0) / max(len(z) - 1, 1)).sqrt()
-    constant = std <= STD_FLOOR * mean.abs().clamp_min(1.0)
-    return mean, torch.where(constant, torch.ones_like(std), 1.0 / std)
+    return _standardized(mean, std)
 
 
 def fit_standardize_channels(z: torch.Tensor, channels: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,14 +293,11 @@ def fit_standardize_channels(z: torch.Tensor, channels: int, eps: float) -> tupl
 
 
 def fit_pca_whiten(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, eigenvalues, u = _covariance_eigh(z)
-    return mean, u / torch.sqrt(eigenvalues + eps)  # U diag(1/sqrt(l+eps)): column k scaled
+    return _whitened(*_covariance_eigh(z), eps, zca=False)
 
 
 def fit_zca_whiten(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, eigenvalues, u = _covariance_eigh(z)
-    w = (u / torch.sqrt(eigenvalues + eps)) @ u.T  # U diag(1/sqrt(l+eps)) U^T
-    return mean, (w + w.T) / 2  # symmetric in exact arithmetic; make it so in floating point
+    return _whitened(*_covariance_eigh(z), eps, zca=True)
 
 
 _FIT = {

@@ -222,7 +222,10 @@ def _existing(path: str | None, kind: str) -> Path:
 
 
 def npz(spec: DataSpec, seed: int = 0) -> RawData:
-    """Arrays ``x``, ``y`` and optional ``x_test``, ``y_test`` from a ``.npz`` file.
+    """Arrays ``x``, ``y`` and optional ``x_test``, ``y_test`` from a ``.npz`` file, or from a
+    folder of the same arrays as ``.npy`` files (x.npy, y.npy [, x_test.npy, y_test.npy]), which
+    are memory-mapped: a folder larger than ``data.in_memory_limit`` streams from disk
+    (:mod:`babysit.data.streaming`), as an .npz (a zip archive) cannot.
 
     Integer or bool ``y`` is classification (labels 0..C-1), string ``y`` names classes,
     float ``y`` is regression with targets (N,) or (N, k). Pickled arrays are refused.
@@ -235,6 +238,8 @@ def npz(spec: DataSpec, seed: int = 0) -> RawData:
     >>> npz(DataSpec(source="npz", path=path)).task
     'classification'
     """
+    if spec.path and Path(spec.path).is_dir():
+        return _npz_arrays(npy_arrays(Path(spec.path)), Path(spec.path))
     path = _existing(spec.path, "npz")
     try:
         f = np.load(path, allow_pickle=False)
@@ -256,6 +261,47 @@ def npz(spec: DataSpec, seed: int = 0) -> RawData:
                                    f"save plain numeric or string arrays") from None
             except (OSError, EOFError, zipfile.BadZipFile):
                 raise BabysitError(f"{path}: array '{name}' is damaged; not a valid .npz archive") from None
+    return _npz_arrays(arrays, path)
+
+
+NPY_NAMES = ("x", "y", "x_test", "y_test")  # the arrays of an .npz, or the .npy files of a folder
+
+
+def npy_arrays(root: Path) -> dict[str, np.ndarray]:
+    """The ``.npy`` files of ``data.path`` (a folder): x.npy, y.npy and optional x_test.npy,
+    y_test.npy, memory-mapped (read from disk as they are used, not loaded); pickled arrays are refused.
+
+    Example
+    -------
+    >>> import numpy as np, tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> np.save(root / "x.npy", np.zeros((4, 3))); np.save(root / "y.npy", np.array([0, 1, 0, 1]))
+    >>> sorted(npy_arrays(root)), type(npy_arrays(root)["x"]).__name__
+    (['x', 'y'], 'memmap')
+    """
+    arrays = {}
+    for name in NPY_NAMES:
+        path = root / f"{name}.npy"
+        if not path.exists():
+            continue
+        if not path.is_file():
+            raise BabysitError(f"{path}: not a regular file")
+        try:
+            arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            why = ("an object (pickled) array; save plain numeric or string arrays" if "pickle" in str(exc)
+                   else "not a valid .npy file (write one with numpy.save)")
+            raise BabysitError(f"{path}: {why}") from None
+        except (OSError, EOFError):
+            raise BabysitError(f"{path}: not a valid .npy file (write one with numpy.save)") from None
+    if not arrays:
+        raise BabysitError(f"{root}: no x.npy / y.npy in the folder (data.path for source 'npz' names an .npz "
+                           "file or a folder of x.npy, y.npy [, x_test.npy, y_test.npy])")
+    return arrays
+
+
+def _npz_arrays(arrays: dict[str, np.ndarray], path: Path) -> RawData:
+    """The RawData of an .npz archive's arrays, or of a folder's .npy files."""
     if "x" not in arrays or "y" not in arrays:
         missing = " and ".join(repr(k) for k in ("x", "y") if k not in arrays)
         have = ", ".join(repr(k) for k in arrays) or "none"
@@ -387,18 +433,7 @@ def folder(spec: DataSpec, seed: int = 0) -> RawData:
     from PIL import Image, UnidentifiedImageError
 
     root = Path(spec.path or "")
-    if not root.is_dir():
-        raise BabysitError(f"{root}: image folder not found (data.path for source 'folder')")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise BabysitError(f"{root}: no class subfolders; expected {root}/<class_name>/*.png|jpg")
-    files: list[tuple[Path, int]] = []
-    for label, d in enumerate(class_dirs):
-        images = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise BabysitError(f"{d}: class folder has no .png/.jpg images")
-        files += [(p, label) for p in images]
-
+    files, class_dirs = image_files(root)
     pictures = []
     for p, _ in files:
         if not p.is_file():
@@ -417,13 +452,38 @@ def folder(spec: DataSpec, seed: int = 0) -> RawData:
         if im.size != size:
             raise BabysitError(f"{p}: image is {im.size[0]}x{im.size[1]}, but {files[0][0]} is "
                                f"{size[0]}x{size[1]}; all images must share one size")
-    gray = all(im.mode in ("1", "L", "LA", "I", "I;16", "F") for im in pictures)
+    gray = all(im.mode in GRAY_MODES for im in pictures)
     mode = "L" if gray else "RGB"
-    x = np.stack([np.asarray(im.convert(mode), dtype=np.float32) / 255.0 for im in pictures])
+    x = np.stack([image_pixels(im, mode) for im in pictures])
     x = x[:, None] if gray else x.transpose(0, 3, 1, 2)  # (N, H, W[, C]) -> (N, C, H, W)
     y = np.array([label for _, label in files], dtype=np.int64)
     return RawData(x, y, num_classes=len(class_dirs), class_names=[d.name for d in class_dirs],
                    where=str(root))
+
+
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes read as one channel
+
+
+def image_files(root: Path) -> tuple[list[tuple[Path, int]], list[Path]]:
+    """The (image file, class index) pairs of an image folder, class by class in sorted order,
+    and the class folders; a missing folder, no class folders or an empty class is one line."""
+    if not root.is_dir():
+        raise BabysitError(f"{root}: image folder not found (data.path for source 'folder')")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise BabysitError(f"{root}: no class subfolders; expected {root}/<class_name>/*.png|jpg")
+    files: list[tuple[Path, int]] = []
+    for label, d in enumerate(class_dirs):
+        images = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise BabysitError(f"{d}: class folder has no .png/.jpg images")
+        files += [(p, label) for p in images]
+    return files, class_dirs
+
+
+def image_pixels(image: Any, mode: str) -> np.ndarray:
+    """A PIL image's pixels in ``mode`` ('L' or 'RGB') as float32 in [0, 1]: (H, W) or (H, W, 3)."""
+    return np.asarray(image.convert(mode), dtype=np.float32) / 255.0
 
 
 def text(spec: DataSpec, seed: int = 0) -> RawData:

@@ -23,6 +23,7 @@ import torch
 
 from babysit.config import Experiment
 from babysit.data import Split, Splits
+from babysit.errors import BabysitError
 from babysit.families.protocol import RunContext
 from babysit.families.standard import StandardFamily, refuse_token_ids, shown_split, to_data_units
 from babysit.rundir import save_npz
@@ -35,6 +36,14 @@ class AutoencoderFamily(StandardFamily):
 
     def claims(self, spec: Experiment) -> bool:
         return spec.model.kind == "autoencoder"
+
+    def validate(self, spec: Experiment) -> None:
+        super().validate(spec)
+        moved = [name for name in spec.data.augment if name != "noise"]
+        if moved:  # the targets are the unaugmented inputs: the net would learn to undo the move
+            raise BabysitError(f"data.augment: {', '.join(moved)} not for kind autoencoder (its targets are its own "
+                               "inputs, which the augmentation would move away from them); noise alone trains a "
+                               "denoising autoencoder")
 
     def adapt(self, spec: Experiment, splits: Splits) -> Splits:
         refuse_token_ids(spec, splits)

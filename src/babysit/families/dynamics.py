@@ -1,6 +1,6 @@
 """The opt-in training-dynamics checks (``checks.noise_scale``, ``checks.sharpness_every``,
 ``checks.transformer``) and the always-on ones read from ``metrics.jsonl`` (loss spikes,
-fp16 overflow), wired into a run: which callbacks a spec turns on, and the findings they
+fp16 overflow, the input wait), wired into a run: which callbacks a spec turns on, and the findings they
 lead to after the run.
 
 Each check is a rule in :mod:`babysit.checks` and, when it samples during training, a
@@ -12,6 +12,7 @@ and its subclasses call :func:`dynamics_callbacks` and :func:`dynamics_findings`
 from __future__ import annotations
 
 from babysit.checks.findings import Finding
+from babysit.checks.input_bound import input_bound_findings
 from babysit.checks.noise_scale import noise_scale_findings
 from babysit.checks.precision import precision_findings
 from babysit.checks.sharpness import sharpness_findings
@@ -47,6 +48,7 @@ def dynamics_findings(run: RunContext) -> list[Finding]:
     metrics = read_jsonl(path / "metrics.jsonl")
     found = spike_findings(metrics, on_spike=spec.train.on_spike, spike_factor=spec.checks.spike_factor)
     found += precision_findings(metrics, read_jsonl(path / "monitors.jsonl"), precision=spec.train.precision)
+    found += input_bound_findings(metrics)
     if spec.checks.noise_scale:
         batch = spec.data.batch_size if isinstance(spec.data.batch_size, int) else len(run.splits.train)
         found += noise_scale_findings(read_jsonl(path / "noise_scale.jsonl"), batch_size=batch,

@@ -302,7 +302,8 @@ _UNUSED = {"train.precision": ("train", "precision", "fp32"), "train.compile": (
            "regularization.max_norm": ("regularization", "max_norm", None),
            "regularization.activity": ("regularization", "activity", 0.0),
            "regularization.input_noise": ("regularization", "input_noise", 0.0),
-           "train.snapshots": ("train", "snapshots", None)}
+           "train.snapshots": ("train", "snapshots", None),
+           "data.augment": ("data", "augment", [])}
 
 
 class GANFamily:

@@ -153,6 +153,33 @@ def lr_curve(history: Sequence[dict[str, Any]]) -> Figure | None:
     return fig
 
 
+def input_wait_curve(history: Sequence[dict[str, Any]], bar: float | None = None) -> Figure | None:
+    """Per epoch, the fraction of the sampled steps' time spent waiting for the next batch
+    (metrics.jsonl's ``input_wait``), with the ``input_bound`` bar; None when no epoch timed it.
+
+    Example
+    -------
+    >>> input_wait_curve([{"epoch": 1, "input_wait": 0.6}, {"epoch": 2, "input_wait": 0.5}], bar=0.3) is not None
+    True
+    >>> input_wait_curve([{"epoch": 1, "train_loss": 1.0}]) is None
+    True
+    """
+    x, y = _series([r for r in history if "epoch" in r], "input_wait", "epoch")
+    if not x:
+        return None
+    fig, axes = _new(4.5, 2.2)
+    ax = axes[0][0]
+    ax.plot(x, y, color="tab:purple", lw=1.4, marker="." if len(x) < 20 else None, label="waiting for data")
+    if bar is not None:
+        ax.axhline(bar, color="tab:red", ls="--", lw=1, label=f"bar {bar:.0%}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("fraction of step time")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def layer_names(records: Sequence[dict[str, Any]], key: str) -> list[str]:
     """The layers that report ``key`` in the monitor records, in the order they first appear.
 
@@ -536,5 +563,5 @@ def gan_curves(history: Sequence[dict[str, Any]], mark_epoch: int | None = None)
 
 
 __all__ = ["DPI", "HEALTHY_BAND", "HEALTHY_UPDATE_RATIO", "PNG_SIGNATURE", "activation_histograms", "count_zeros",
-           "first_layer_weights", "gan_curves", "layer_names", "layer_series", "loss_curves", "lr_curve",
+           "first_layer_weights", "gan_curves", "input_wait_curve", "layer_names", "layer_series", "loss_curves", "lr_curve",
            "monitor_loss", "overlaid_curves", "png_bytes", "reconstructions", "samples_over_training", "zero_floor"]

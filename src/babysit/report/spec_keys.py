@@ -47,16 +47,18 @@ MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "gpt": ("kind", "layers", "heads", "embed", "dropout", "qk_norm"),  # GPT-2's own init (nets/gpt.py)
 }
 
-_CARVING = ("split_seed", "val_fraction", "test_fraction", "train_size", "preprocess", "batch_size")
+_CARVING = ("split_seed", "val_fraction", "test_fraction", "train_size", "preprocess", "batch_size", "augment")
 
 DATA_KEYS: dict[str, tuple[str, ...]] = {
-    "mnist1d": ("source", "samples", "split_seed", "val_fraction", "train_size", "preprocess", "batch_size"),  # own test split
+    "mnist1d": ("source", "samples", "split_seed", "val_fraction", "train_size", "preprocess", "batch_size",
+                "augment"),  # own test split
     "digits": ("source", *_CARVING),
     "spirals": ("source", "samples", "classes", "noise", *_CARVING),
     "blobs": ("source", "samples", "classes", "noise", *_CARVING),
-    "npz": ("source", "path", *_CARVING),  # test_fraction: when the file has no x_test
+    # test_fraction: when the file has no x_test; a folder of .npy arrays and image folders may stream
+    "npz": ("source", "path", *_CARVING, "in_memory_limit", "workers"),
     "csv": ("source", "path", "target", *_CARVING),
-    "folder": ("source", "path", *_CARVING),
+    "folder": ("source", "path", *_CARVING, "in_memory_limit", "workers"),
     # contiguous, unshuffled splits of token ids: no split_seed, no preprocessing (data/text.py)
     "text": ("source", "path", "context", "val_fraction", "test_fraction", "train_size", "batch_size"),
 }

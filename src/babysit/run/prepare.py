@@ -38,6 +38,8 @@ def prepare(spec: Experiment, splits: data_module.Splits | None = None, *, two_n
     device = resolve_device(spec.train.device)
     seed_everything(spec.seed)
     splits = (splits if splits is not None else data_module.load(spec.data)).to(device)
+    if splits.streaming:
+        check_streamable(spec, family.name)
     splits = family.adapt(spec, splits)
     model, loss_fn = family.build(spec, splits)
     model = model.to(device)
@@ -50,10 +52,22 @@ def prepare(spec: Experiment, splits: data_module.Splits | None = None, *, two_n
     return device, splits, model, loss_fn
 
 
+def check_streamable(spec: Experiment, family: str) -> None:
+    """Data streamed from disk (larger than ``data.in_memory_limit``) trains the standard
+    family's networks; what needs every example in memory at once is refused in one line."""
+    if family != "standard":
+        raise BabysitError(f"data.in_memory_limit: the data set is larger than it and streams from disk, which "
+                           f"model.kind {spec.model.kind} does not support (it needs the data in memory); "
+                           "raise data.in_memory_limit")
+    if spec.checks.label_noise:
+        raise BabysitError("checks.label_noise: it refits the network on in-memory folds of the training split, and "
+                           "the data set is larger than data.in_memory_limit (it streams from disk): turn it off")
+
+
 def make_penalty(spec: Experiment, model: nn.Module) -> tuple[Any, regularization.ActivityRegularizer | None]:
     """L1 on weights and the activity penalty as one ``model -> scalar`` function (or None)."""
     reg = spec.regularization
     return regularization.penalty_function(reg.l1, reg.activity, nets.activation_modules(model))
 
 
-__all__ = ["make_penalty", "prepare"]
+__all__ = ["check_streamable", "make_penalty", "prepare"]

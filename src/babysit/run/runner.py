@@ -48,6 +48,7 @@ from babysit.checks.findings import (
 )
 from babysit.checks.spikes import nonfinite_finding, nonfinite_origin
 from babysit.config import Experiment
+from babysit.data.augment import augmenter
 from babysit.data.batching import Batches
 from babysit.errors import BabysitError
 from babysit.families import Family, RunContext, family_of
@@ -101,10 +102,11 @@ class Assembled:
     model: nn.Module
     loss_fn: Any
     generator: torch.Generator  # the batches' shuffling
-    batches: Batches
+    batches: Batches | data_module.StreamBatches
     optimizer: Any
     schedule: Any
     step: Any  # the family's own training step, or None
+    augment: Any = None  # data.augment on the training batches (babysit.data.augment), or None
 
 
 def assemble(spec: Experiment, splits: data_module.Splits | None = None, cluster: Any = None) -> Assembled:
@@ -115,15 +117,17 @@ def assemble(spec: Experiment, splits: data_module.Splits | None = None, cluster
     family = family_of(spec)
     device, splits, model, loss_fn = prepare(spec, splits, two_networks=True)
     generator = torch.Generator().manual_seed(spec.seed)
-    batches = Batches(splits.train.x, splits.train.y, spec.data.batch_size, generator,
-                      **group.batch_shard(spec.data.batch_size))  # this rank's part of each batch
+    # in memory: this rank's part of each batch; streamed from disk: read by a DataLoader
+    batches = data_module.batches(splits.train, spec.data.batch_size, generator,
+                                  **group.batch_shard(spec.data.batch_size))
     optimizer, schedule = family.optimizer(spec, model, len(batches))
     step = family.train_step(spec, model, optimizer)
     group.check_trainable(optimizer, step)
     _check_on_spike(spec, family, optimizer, step, group)
     if spec.train.snapshots is not None:  # refused now, not at the first cycle's end
         cycle_end_steps(spec.schedule, len(batches), spec.train.epochs)
-    return Assembled(family, device, splits, model, loss_fn, generator, batches, optimizer, schedule, step)
+    augment = augmenter(spec.data.augment, splits.input_shape, spec.seed)  # refused here when it does not fit
+    return Assembled(family, device, splits, model, loss_fn, generator, batches, optimizer, schedule, step, augment)
 
 
 def _check_on_spike(spec: Experiment, family: Family, optimizer: Any, step: Any, group: Any) -> None:
@@ -277,6 +281,7 @@ def _run_in(path: Path, resume: bool, spec: Experiment, built: Assembled, group:
         input_noise=spec.regularization.input_noise, grad_clip=spec.optimizer.grad_clip,
         precision=spec.train.precision, compile=spec.train.compile, step=step,
         on_spike=spec.train.on_spike, spike_factor=_spike_detection(spec, family), spike_every=spec.checks.every,
+        augment=built.augment, input_wait_every=spec.checks.every,
     )
     if checkpoint is not None and trainer.scaler is not None and "scaler" in checkpoint:
         trainer.scaler.load_state_dict(checkpoint["scaler"])
@@ -436,7 +441,8 @@ def _data_summary(splits: Any) -> dict[str, Any]:
     """What the report's data section shows: split sizes, input shape, classes and task."""
     return {"train": len(splits.train), "val": len(splits.val) if splits.val is not None else 0,
             "test": len(splits.test) if splits.test is not None else 0,
-            "input_shape": list(splits.input_shape), "classes": splits.num_classes, "task": splits.task}
+            "input_shape": list(splits.input_shape), "classes": splits.num_classes, "task": splits.task,
+            **({"streamed": True} if splits.streaming else {})}  # read from disk per batch (data.in_memory_limit)
 
 
 def _run_findings(family: Family, context: RunContext, preflight_found: list[Finding] | None,

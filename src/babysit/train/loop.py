@@ -33,6 +33,13 @@ and rollback records gather in :attr:`Trainer.events` (``metrics.jsonl`` gets th
 non-finite loss is replayed with a hook on every module (:func:`babysit.checks.spikes.nonfinite_origin`)
 at the weights the bad step started from, to say where it came from.
 
+Augmentation (``augment``, :mod:`babysit.data.augment`) transforms each training batch on its
+device before the step, with randomness from the global step (a resumed run draws what the
+uninterrupted one drew); it takes the general path. The input wait (``input_wait_every``): at
+the steps the monitors sample, two clock readings around the fetch of the batch and one at the
+step's end (no device sync); each epoch's record gets ``input_wait``, the fraction of those
+steps' time spent waiting for data (:mod:`babysit.checks.input_bound` judges it).
+
 Example
 -------
 >>> import torch
@@ -59,7 +66,7 @@ import torch
 from torch import nn
 
 from babysit.checks.spikes import MAX_EXAMPLES, SPIKES_IN_A_ROW, SpikeDetector, nonfinite_origin
-from babysit.data import Split
+from babysit.data import Split, in_order
 from babysit.data.batching import Batches
 from babysit.train.rollback import TrainingSnapshot
 
@@ -131,8 +138,7 @@ def evaluate(
     n = len(split)
     total_loss = torch.zeros((), device=split.x.device, dtype=torch.float64)
     correct = torch.zeros((), device=split.x.device, dtype=torch.int64)
-    for start in range(0, n, batch_size):
-        xb, yb = split.x[start : start + batch_size], split.y[start : start + batch_size]
+    for xb, yb in in_order(split, batch_size):  # slices in memory; read by the DataLoader when streamed
         with autocast():
             out = model(xb)
             loss = loss_fn(out, yb)
@@ -173,6 +179,11 @@ class Trainer:
         batch losses' spread, :class:`~babysit.checks.spikes.SpikeDetector`); None: no spike
         detection (a family whose loss is not one being minimised: the GAN's).
     spike_every: the window of ``rollback``, in steps (``checks.every``: the monitors' samples).
+    augment: ``augment(xb, step) -> xb`` applied to each training batch before its step
+        (:func:`babysit.data.augment.augmenter`), or None.
+    input_wait_every: time the wait for the batch and the whole step at every N-th step
+        (``checks.every``: where the monitors sample); each epoch's logs get ``input_wait``
+        and ``input_wait_samples``. None: no timing.
     """
 
     def __init__(
@@ -195,6 +206,8 @@ class Trainer:
         on_spike: str = "stop",
         spike_factor: float | None = 3.0,
         spike_every: int = 10,
+        augment: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+        input_wait_every: int | None = None,
     ):
         self.model = model
         self.loss_fn = loss_fn
@@ -205,6 +218,13 @@ class Trainer:
         self.penalty = penalty
         self.after_step = after_step
         self.input_noise = input_noise
+        if augment is not None and step is not None:
+            raise ValueError("Trainer: augment applies to the standard update; a family's own step augments "
+                             "its batches itself")
+        self.augment = augment
+        self.input_wait_every = max(int(input_wait_every), 1) if input_wait_every else None
+        # this epoch's sampled steps: seconds waiting for the batch, seconds in all, how many
+        self._input_wait = [0.0, 0.0, 0]
         self.grad_clip = grad_clip
         self.accuracy_every = accuracy_every
         self.step = step
@@ -264,7 +284,7 @@ class Trainer:
         batch_hooks = [cb.on_batch_end for cb in self.callbacks if _overrides(cb, "on_batch_end")]
         rows: list[torch.Tensor] = []
         self.model.train()
-        for batch in batches:
+        for batch in self._fetch(batches):
             self.batch = batch
             xb, yb = batch
             row = step(self, xb, yb)
@@ -294,12 +314,13 @@ class Trainer:
         counted = 0
         model.train()
         plain = not (noise or self.is_lbfgs or penalty or scaler or clip or after_step or schedule_step
-                     or self.autocast is not contextlib.nullcontext or self.on_spike != "stop")
+                     or self.autocast is not contextlib.nullcontext or self.on_spike != "stop"
+                     or self.augment is not None)
         if plain:
             # the common case, as lean as a hand-written loop: nothing optional to decide per step
             # (batch callbacks, e.g. the monitors, are one call each)
             state = self.state
-            for i, batch in enumerate(batches):
+            for i, batch in enumerate(self._fetch(batches)):
                 self.batch = batch
                 xb, yb = batch
                 out = forward(xb)
@@ -364,8 +385,10 @@ class Trainer:
                 schedule_step()
             return loss.detach(), out
 
-        state = self.state
-        for i, batch in enumerate(batches):
+        state, augment = self.state, self.augment
+        for i, batch in enumerate(self._fetch(batches)):
+            if augment is not None:  # seeded by the global step: a replayed or resumed step draws the same
+                batch = (augment(batch[0], state.step), batch[1])
             self.batch = batch
             if rollback:
                 window.append((i, batch, len(corrects), counted))
@@ -399,6 +422,32 @@ class Trainer:
             if spiked is not None:
                 counted = self._roll_back(window, spiked, losses, corrects, batches, update)
         return losses, corrects, counted
+
+    # ------------------------------------------------------------------ the input wait
+
+    def _fetch(self, batches: Iterable[Any]) -> Iterable[Any]:
+        """``batches``, timed at every ``input_wait_every``-th step (the monitors' steps, 0-based
+        ``state.step % every == 0``): the wait for the batch and the whole step, from before the
+        fetch to the loop asking for the next batch (the step's callbacks included). Other steps
+        only pass through. No timing asked: ``batches`` itself."""
+        every = self.input_wait_every
+        if every is None:
+            return batches
+        return self._timed(batches, every)
+
+    def _timed(self, batches: Iterable[Any], every: int) -> Any:
+        state, clock, totals = self.state, time.perf_counter, self._input_wait
+        start = clock() if state.step % every == 0 else None
+        for batch in batches:
+            if start is None:
+                yield batch
+            else:
+                fetched = clock()
+                yield batch
+                totals[0] += fetched - start
+                totals[1] += clock() - start
+                totals[2] += 1
+            start = clock() if state.step % every == 0 else None
 
     # ------------------------------------------------------------------ loss spikes
 
@@ -587,6 +636,11 @@ class Trainer:
                     logs["train_loss"] = stacked.mean().item()
             if counted:
                 logs["train_acc"] = torch.stack(corrects).sum().item() / counted
+            waited, took, samples = self._input_wait
+            if samples and took > 0:  # the fraction of the sampled steps' time spent waiting for data
+                logs["input_wait"] = waited / took
+                logs["input_wait_samples"] = samples
+            self._input_wait[:] = [0.0, 0.0, 0]
             if self.scaler is not None:  # fp16: what the loss scaling did this epoch (metrics.jsonl)
                 logs["grad_scale"] = self.scaler.get_scale()
                 logs["skipped_steps"] = self.skipped_steps
