@@ -80,7 +80,7 @@ def test_autoencoder_beats_pca_at_the_same_bottleneck(tmp_path):
         "model.kind=autoencoder", "model.hidden=[128]", f"model.bottleneck={bottleneck}",
         "optimizer.name=adam", "optimizer.lr=0.003", "train.epochs=60", "train.device=cpu",
         "checks.preflight=false"])
-    result = run(spec, out=tmp_path / "ae", quiet=True)
+    result = run(spec, out=tmp_path / "ae", quiet=True, report=False)
     train = result.splits.train.x.flatten(1).numpy()
     test = result.splits.test.x.flatten(1).numpy()
     pca = PCA(bottleneck).fit(train)

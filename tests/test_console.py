@@ -33,7 +33,7 @@ TINY = ["data.source=spirals", "data.samples=300", "model.hidden=[8]", "data.bat
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, one_thread):
-    return run(config.load(None, TINY), out=tmp_path_factory.mktemp("console") / "run", quiet=True).path
+    return run(config.load(None, TINY), out=tmp_path_factory.mktemp("console") / "run", quiet=True, report=False).path
 
 
 # --------------------------------------------------------------------------- progress off and on a terminal

@@ -399,7 +399,7 @@ def test_regression_speaks_of_the_mean_and_quotes_no_accuracy():
 
 def train_spec(tmp_path, name, path=None, overrides=()):
     spec = config.load(path, ["train.device=cpu", "checks.preflight=false", *overrides])
-    return run(spec, tmp_path / name, quiet=True).path
+    return run(spec, tmp_path / name, quiet=True, report=False).path
 
 
 def test_examples_get_no_warning(tmp_path):

@@ -19,7 +19,7 @@ def test_the_examples_cover_the_range():
 def test_example_trains(path, tmp_path):
     spec = config.load(path, ["train.epochs=1", "data.train_size=200", "schedule.warmup_steps=0"])
     assert spec.run_name == path.stem
-    result = run(spec, tmp_path / path.stem, quiet=True)
+    result = run(spec, tmp_path / path.stem, quiet=True, report=False)
     assert result.summary["steps"] > 0
     if "test_acc" in result.summary or "test_loss" in result.summary:  # a classifier (an autoencoder has no accuracy)
         assert result.summary.get("test_acc", 1) > 0 and result.summary["test_loss"] < float("inf")

@@ -55,7 +55,7 @@ def test_the_gan_defaults_follow_dcgan(tmp_path):
         run(config.load(None, ["model.kind=gan", "loss=mse", "data.source=digits", "train.epochs=1"]),
             tmp_path / "gan", quiet=True)
     with pytest.raises(BabysitError, match="schedule.name: not used by kind gan"):
-        run(gan_spec("schedule.name=step", "train.epochs=1"), tmp_path / "gan2", quiet=True)
+        run(gan_spec("schedule.name=step", "train.epochs=1"), tmp_path / "gan2", quiet=True, report=False)
 
 
 def test_one_step_updates_each_network_with_its_own_gradient():
@@ -174,7 +174,7 @@ def test_generated_digits_cover_every_class(pixel_run):
 
 def test_a_discriminator_that_learns_alone_wins_outright(tmp_path):
     spec = gan_spec("optimizer.lr=1e-6", "optimizer.discriminator_lr=1e-3", "train.epochs=15", "checks.preflight=false")
-    result = run(spec, out=tmp_path / "wins", quiet=True)
+    result = run(spec, out=tmp_path / "wins", quiet=True, report=False)
     found = {f.id: f for f in result.findings}
     assert "discriminator_wins" in found and found["discriminator_wins"].severity == "warning"
     assert found["discriminator_wins"].evidence["d_loss_median"] < 0.1
@@ -185,7 +185,7 @@ def test_a_generator_far_faster_than_its_discriminator_collapses(tmp_path):
     against what a classifier sees in the samples."""
     spec = gan_spec("data.preprocess=[]", "optimizer.lr=1e-2", "optimizer.discriminator_lr=2e-4", "train.epochs=15",
                     "checks.preflight=false")
-    result = run(spec, out=tmp_path / "collapse", quiet=True)
+    result = run(spec, out=tmp_path / "collapse", quiet=True, report=False)
     found = {f.id: f for f in result.findings}
     assert "mode_collapse" in found and found["mode_collapse"].evidence["diversity_median"] < 0.5
     assert found["mode_collapse"].layer == "generator"
@@ -198,9 +198,9 @@ def test_a_generator_far_faster_than_its_discriminator_collapses(tmp_path):
 
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     small = ["model.hidden=[32]", "train.device=cpu", "checks.preflight=false"]
-    whole = run(gan_spec(*small, "train.epochs=4"), out=tmp_path / "whole", quiet=True)
-    run(gan_spec(*small, "train.epochs=2"), out=tmp_path / "cut", quiet=True)
-    resumed = run(gan_spec(*small, "train.epochs=4"), out=tmp_path / "cut", resume=True, quiet=True)
+    whole = run(gan_spec(*small, "train.epochs=4"), out=tmp_path / "whole", quiet=True, report=False)
+    run(gan_spec(*small, "train.epochs=2"), out=tmp_path / "cut", quiet=True, report=False)
+    resumed = run(gan_spec(*small, "train.epochs=4"), out=tmp_path / "cut", resume=True, quiet=True, report=False)
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     with np.load(tmp_path / "cut" / "samples.npz") as f:

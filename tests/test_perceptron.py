@@ -178,7 +178,7 @@ def test_spec_defaults_make_it_rosenblatts_perceptron():
 
 
 def test_separates_two_blobs_within_novikoffs_bound(tmp_path):
-    result = run(perceptron_spec(), tmp_path / "run", quiet=True)
+    result = run(perceptron_spec(), tmp_path / "run", quiet=True, report=False)
     s = result.summary
     assert s["separated"] and s["stop_reason"].startswith("separated")
     assert s["train_acc"] == 1.0 and s["epochs"] < 30
@@ -201,7 +201,7 @@ def test_polynomial_basis_separates_what_a_line_cannot(tmp_path):
     np.savez(tmp_path / "ring.npz", x=x, y=y)
     data = {"source": "npz", "path": str(tmp_path / "ring.npz"), "batch_size": 1}
 
-    line = run(perceptron_spec(data=data, train={"epochs": 15}), tmp_path / "line", quiet=True)
+    line = run(perceptron_spec(data=data, train={"epochs": 15}), tmp_path / "line", quiet=True, report=False)
     assert not line.summary["separated"] and line.summary["epochs"] == 15
     assert line.summary["train_acc"] < 0.9
     # said as what it is, a perceptron's limit (Minsky & Papert), not as a broken code path
@@ -219,7 +219,7 @@ def test_polynomial_basis_separates_what_a_line_cannot(tmp_path):
 
 
 def test_one_vs_rest_separates_three_blobs_within_the_units_bounds(tmp_path):
-    result = run(perceptron_spec(data={"classes": 3, "noise": 0.1, "samples": 300}), tmp_path / "run", quiet=True)
+    result = run(perceptron_spec(data={"classes": 3, "noise": 0.1, "samples": 300}), tmp_path / "run", quiet=True, report=False)
     s = result.summary
     assert s["separated"] and s["train_acc"] == 1.0
     assert result.model.linear.out_features == 3

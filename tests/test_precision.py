@@ -170,7 +170,7 @@ def blobs(tmp_path, scale):
 
 
 def test_an_fp16_run_whose_inputs_overflow_gets_the_finding(tmp_path):
-    loud = run(spec_for(blobs(tmp_path, 3e3)), tmp_path / "loud", quiet=True)
+    loud = run(spec_for(blobs(tmp_path, 3e3)), tmp_path / "loud", quiet=True, report=False)
     found = {f.id: f for f in loud.findings}
     assert "fp16_overflow" in found, [f.id for f in loud.findings]
     metrics = [json.loads(line) for line in (loud.path / "metrics.jsonl").read_text().splitlines()]
@@ -178,6 +178,6 @@ def test_an_fp16_run_whose_inputs_overflow_gets_the_finding(tmp_path):
 
 
 def test_a_healthy_fp16_run_gets_no_overflow_finding(tmp_path):
-    quiet = run(spec_for(blobs(tmp_path, 1.0)), tmp_path / "quiet", quiet=True)
+    quiet = run(spec_for(blobs(tmp_path, 1.0)), tmp_path / "quiet", quiet=True, report=False)
     assert "fp16_overflow" not in {f.id for f in quiet.findings}
     assert quiet.summary["test_acc"] > 0.9

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,7 +48,16 @@ def readme_commands() -> list[list[str]]:
                 commands += [shlex.split(body.replace(f"${name}", v), comments=True) for v in values.split()]
             else:
                 commands.append(shlex.split(line, comments=True))
-    return [c for c in commands if c and c[0] == "babysit"]
+    return [c for c in commands if c and (c[0] == "babysit" or c[0] == "python" and c[1:2] and c[1].endswith(".py"))]
+
+
+def readme_script(name: str) -> str:
+    """The README's ```python block that names itself ``# <name>`` on its first line."""
+    text = (ROOT / "README.md").read_text()
+    for block in re.findall(r"```python\n(.*?)```", text, re.S):
+        if block.startswith(f"# {name}"):
+            return block
+    raise AssertionError(f"README: no python block starting with '# {name}'")
 
 
 def tiny(args: list[str]) -> list[str]:
@@ -78,6 +89,12 @@ def test_the_readmes_commands_run_in_order(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     os.symlink(ROOT / "examples", tmp_path / "examples")
     for command in readme_commands():
+        if command[0] == "python":  # a script the README shows in full: copied into a file and run as written
+            (tmp_path / command[1]).write_text(readme_script(command[1]))
+            done = subprocess.run([sys.executable, command[1]], cwd=tmp_path, capture_output=True, text=True,
+                                  timeout=600)
+            assert done.returncode == 0, f"python {command[1]}: exit {done.returncode}\n{done.stderr[-1500:]}"
+            continue
         args = tiny(command[1:])
         code, out, err = run_cli(args, capsys, cwd=tmp_path)
         assert code == 0, f"babysit {' '.join(args)}: exit {code}\n{out[-1500:]}\n{err[-1500:]}"

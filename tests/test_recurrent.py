@@ -131,7 +131,7 @@ def test_gradient_clipping_is_on_by_default_and_bounds_the_step(tmp_path):
     losses.build_loss(spec.loss, splits.task, splits.num_classes)(start(splits.train.x), splits.train.y).backward()
     raw = torch.cat([p.grad.flatten() for p in start.parameters()])
     assert raw.norm() > 2  # so the clip is what sets the step's length
-    result = run(spec, tmp_path / "run", quiet=True)
+    result = run(spec, tmp_path / "run", quiet=True, report=False)
     step = torch.cat([(a - b).detach().flatten() for a, b in zip(result.model.parameters(), start.parameters(), strict=True)])
     assert torch.allclose(step, -0.5 * raw / raw.norm(), atol=1e-5)
 
@@ -170,7 +170,7 @@ def test_trains_with_every_check_and_no_false_warnings(kind, source, lr, tmp_pat
     spec = validate({"data": {"source": source, "train_size": 400, "batch_size": 50},
                      "model": {"kind": kind, "hidden": [32]}, "optimizer": {"name": "adam", "lr": lr},
                      "train": {"epochs": 4, "device": "cpu"}, "checks": {"every": 5}})
-    result = run(spec, tmp_path / "run", quiet=True)
+    result = run(spec, tmp_path / "run", quiet=True, report=False)
     assert result.summary["steps"] == 32 and result.summary["train_loss"] < 0.95 * math.log(10)
     findings = json.loads((result.path / "findings.json").read_text())
     # preflight (gradient check with float64 recurrence, overfitting 20 examples, batch mixing)
@@ -208,6 +208,6 @@ def test_gru_on_mnist1d_as_a_sequence_reaches_the_published_baseline(tmp_path):
     # Greydanus 2020 ("Scaling down deep learning", the MNIST-1D paper): GRU baseline about 91%
     spec = config.load(EXAMPLE, ["train.device=cpu"])
     assert spec.model.kind == "gru" and spec.data.source == "mnist1d"
-    result = run(spec, tmp_path / "gru", quiet=True)
+    result = run(spec, tmp_path / "gru", quiet=True, report=False)
     assert result.summary["test_acc"] >= 0.91, result.summary
     assert [f.id for f in result.findings if f.severity != "info"] == []

@@ -137,7 +137,7 @@ KILL = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
 
     spec = config.load(None, ["data.source=spirals", "data.samples=300", "train.epochs=3", "model.dropout=0.2"])
-    run(spec, sys.argv[1], quiet=True, extra_callbacks=[KillAtStep()] if sys.argv[2] == "kill" else [])
+    run(spec, sys.argv[1], quiet=True, report=False, extra_callbacks=[KillAtStep()] if sys.argv[2] == "kill" else [])
 """)
 
 

@@ -62,7 +62,7 @@ def make_spec(**sections) -> Experiment:
 
 
 def train(spec: Experiment, tmp_path, name: str = "run"):
-    return run(spec, tmp_path / name, quiet=True)
+    return run(spec, tmp_path / name, quiet=True, report=False)
 
 
 def initial_model(spec: Experiment) -> tuple[nn.Module, data_module.Splits]:

@@ -277,7 +277,7 @@ BASE = {
 )
 def test_runner_trains_with_newton_and_quickprop(model, optimizer, tmp_path):
     spec = validate({**BASE, "model": model, "optimizer": optimizer})
-    result = run(spec, tmp_path / "run", quiet=True)
+    result = run(spec, tmp_path / "run", quiet=True, report=False)
     assert result.summary["steps"] == 4
     assert result.summary["train_loss"] < 0.5 * math.log(3), result.summary
     saved = torch.load(result.path / "checkpoints" / "last.pt", weights_only=True)["optimizer"]

@@ -124,7 +124,7 @@ def spirals(**overrides):
 
 
 def test_run_directory_contents(tmp_path):
-    result = run(spirals(), tmp_path / "r", quiet=True)
+    result = run(spirals(), tmp_path / "r", quiet=True, report=False)
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "steps",
                 "wall_time_s", "torch", "device"):
@@ -139,17 +139,17 @@ def test_run_directory_contents(tmp_path):
 
 
 def test_seeded_runs_are_deterministic(tmp_path):
-    a = run(spirals(model={"dropout": 0.1}), tmp_path / "a", quiet=True)
-    b = run(spirals(model={"dropout": 0.1}), tmp_path / "b", quiet=True)
+    a = run(spirals(model={"dropout": 0.1}), tmp_path / "a", quiet=True, report=False)
+    b = run(spirals(model={"dropout": 0.1}), tmp_path / "b", quiet=True, report=False)
     for (ka, va), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert torch.equal(va, vb), ka
-    c = run(validate({**spirals(model={"dropout": 0.1}).to_dict(), "seed": 4}), tmp_path / "c", quiet=True)
+    c = run(validate({**spirals(model={"dropout": 0.1}).to_dict(), "seed": 4}), tmp_path / "c", quiet=True, report=False)
     first = lambda m: next(iter(m.state_dict().values()))  # noqa: E731
     assert not torch.equal(first(a.model), first(c.model))
 
 
 def test_log_every_adds_batch_points(tmp_path):
-    run(spirals(train={"log_every": 5, "epochs": 2}), tmp_path / "r", quiet=True)
+    run(spirals(train={"log_every": 5, "epochs": 2}), tmp_path / "r", quiet=True, report=False)
     lines = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert any("batch_loss" in line for line in lines)
     assert all(line["step"] % 5 == 0 for line in lines if "batch_loss" in line)

@@ -8,7 +8,7 @@
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["load_run", "preflight", "watch"]
+__all__ = ["landscape_run", "load_run", "preflight", "watch"]
 
 
 def __getattr__(name: str) -> Any:
@@ -18,11 +18,15 @@ def __getattr__(name: str) -> Any:
 
         return preflight
     if name == "watch":
-        from babysit.checks.watch import watch
+        from babysit.run.watch import watch
 
         return watch
     if name == "load_run":
         from babysit.run.load import load_run
 
         return load_run
+    if name == "landscape_run":
+        from babysit.landscape.run import landscape_run
+
+        return landscape_run
     raise AttributeError(f"module 'babysit' has no attribute {name!r}")

@@ -71,7 +71,7 @@ from babysit.landscape.surface import (
 )
 from babysit.report import render
 from babysit.report.figures import png_bytes
-from babysit.run.load import LoadedRun, load_run, load_trajectory, trajectory_files
+from babysit.run.load import LoadedRun, given_run, load_run, load_trajectory, trajectory_files
 from babysit.rundir import jsonable, read_jsonl, write_json
 from babysit.train.device import resolve_device
 from babysit.tune.progress import StepProgress
@@ -267,6 +267,9 @@ def landscape_run(
     quiet: bool = False,
     stream: Any = None,
     render_report: bool = True,
+    model: nn.Module | None = None,
+    data: tuple[Tensor, Tensor] | None = None,
+    loss_fn: Any = None,
 ) -> dict[str, Any]:
     """Compute the landscape items ``what`` of the run in ``run_dir``; write
     ``landscape.json`` and ``figures/landscape_*.png``, redraw the report and return the
@@ -290,6 +293,10 @@ def landscape_run(
         Surfaces cover -span..span times the (filter-normalised) directions.
     k
         How many top and bottom eigenvalues.
+    model, data, loss_fn
+        The trained network, a sample ``(x, y)`` of its training data and its loss, for a run
+        whose config.yaml cannot rebuild them (``babysit.watch``, the Lightning callback):
+        then the run's own are not loaded (see :func:`~babysit.run.load.given_run`).
     """
 
     items = parse_what(what)
@@ -304,7 +311,11 @@ def landscape_run(
     run_dir = Path(run_dir)
     if other is not None and "interpolate" not in items:
         raise BabysitError("--other: only used by --what interpolate; add interpolate to --what")
-    loaded = load_run(run_dir)  # checks the directory first: every later error is about the items
+    given = (model, data, loss_fn)
+    if any(v is not None for v in given) and not all(v is not None for v in given):
+        raise BabysitError("landscape: give model, data and loss_fn together (a run of your own loop), or none")
+    # checks the directory first: every later error is about the items
+    loaded = given_run(run_dir, model, data, loss_fn) if model is not None else load_run(run_dir)
     if "trajectory" in items:
         found = trajectory_files(run_dir)
         if len(found) < 3:
@@ -312,6 +323,9 @@ def landscape_run(
                 f"{run_dir}: {len(found)} trajectory snapshot{'s' if len(found) != 1 else ''} in checkpoints/trajectory "
                 "(need 3 or more); train with train.trajectory_every=N to save the weights every N steps")
     other_loaded = load_run(other) if other is not None else None
+    if "interpolate" in items and other is None and not loaded.initial_state:
+        raise BabysitError(f"{run_dir}: no initial weights (checkpoints/initial.pt) to interpolate from; "
+                           "give another run with --other")
 
     model = loaded.model
     parameters = sum(p.numel() for p in model.parameters())

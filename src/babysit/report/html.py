@@ -47,6 +47,7 @@ import numpy as np
 import yaml
 
 from babysit.checks.findings import FINDINGS
+from babysit.checks.input_bound import INPUT_WAIT_FRACTION
 from babysit.checks.precision import FP16_MAX
 from babysit.config import validate
 from babysit.errors import BabysitError
@@ -136,7 +137,8 @@ def _spec_essentials(spec: dict[str, Any]) -> list[tuple[str, str]]:
         return [k for k in keys if keep is None or k in keep]
 
     return [(label, text) for label, text in (
-        ("data", pick("data", applying("data", ("source", "path", "train_size", "batch_size", "preprocess")))),
+        ("data", pick("data", applying("data", ("source", "path", "train_size", "batch_size", "preprocess",
+                                                "augment")))),
         ("model", pick("model", applying("model", _MODEL_ESSENTIALS))),
         ("loss", _short(spec.get("loss", ""))),
         ("optimizer", pick("optimizer", ("name", "lr", *(("momentum",) if _uses_momentum(spec) else ()),
@@ -195,11 +197,14 @@ def _header(run: RunFiles) -> str:
     diverged = '<p class="severity error">The run diverged.</p>' if s.get("diverged") else ""
     if isinstance(s.get("snapshot_ensemble"), dict):  # train.snapshots
         stop += f"<p>{escape(snapshot_line(s['snapshot_ensemble']))}</p>"
+    by = run.spec.get("recorded_by")
+    measured = ("As the training loop logged them in its last epoch." if by is not None else
+                "Measured on the kept weights after training.")
     return (f"<header><h1>{escape(run.name)}</h1>{verdict_line(run)}<p class=\"muted\">{escape(run.path)}</p>"
             f"<p>{' · '.join(facts)}</p>{stop}{diverged}</header>"
             f'<div class="grid"><section><h2 id="spec-summary">Experiment</h2>{spec_table}</section>'
             f'<section><h2 id="metrics">Final metrics</h2>{metrics}'
-            f'<p class="muted">Measured on the kept weights after training.</p></section></div>')
+            f'<p class="muted">{escape(measured)}</p></section></div>')
 
 
 _SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
@@ -252,8 +257,19 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "×".join(str(n) for n in shape) + (f" ({math.prod(shape):,} values)" if len(shape) > 1 else "")
 
 
+def _own_loop(recorded_by: Any) -> str:
+    """How the report names a run babysit did not drive (config.yaml's ``recorded_by``)."""
+    return {"watch": "A training loop of your own (babysit.watch)",
+            "lightning": "A Lightning Trainer (babysit.lightning.Babysitter)"}.get(str(recorded_by),
+                                                                                  "A training loop of your own")
+
+
 def _data_section(run: RunFiles) -> str:
     """Rows per split, one example's shape, the classes; a warning for a tiny validation split."""
+    by = run.spec.get("recorded_by")
+    if by is not None and not isinstance(run.summary.get("data"), dict):  # babysit.watch, the Lightning callback
+        return ('<section><h2 id="data">Data</h2><p class="muted">'
+                f"{escape(_own_loop(by))}: its data is its own, and babysit did not load it.</p></section>")
     facts = data_facts(run.spec, run.summary)
     data = run.spec.get("data") if isinstance(run.spec.get("data"), dict) else {}
 
@@ -331,6 +347,8 @@ def finding_figure(finding: dict[str, Any], run: RunFiles) -> Any:
         return _label_issues_figure(run)
     if fid in _DYNAMICS_FINDINGS:
         return _dynamics_figure(run, _DYNAMICS_FINDINGS[fid])
+    if fid == "input_bound":
+        return figures.input_wait_curve(run.history, bar=INPUT_WAIT_FRACTION)
     if fid == "fp16_overflow" and run.records:
         return figures.layer_series(run.records, "act_absmax", ylabel="max |activation|", log=True,
                                     line=FP16_MAX, highlight=finding.get("layer"))
@@ -711,7 +729,8 @@ def shared_examples_line(runs: Sequence[RunFiles]) -> str:
     data = []
     for run in runs:
         try:
-            data.append(validate(run.spec).data.model_dump(mode="json", exclude={"batch_size"}))
+            # how the training batches are drawn and augmented does not move the held-out examples
+            data.append(validate(run.spec).data.model_dump(mode="json", exclude={"batch_size", "augment"}))
         except BabysitError:
             return "Whether the runs share their validation and test examples is unknown: a config.yaml is not a valid spec."
     differing = sorted({k for d in data for k in d if any(d.get(k) != other.get(k) for other in data)})

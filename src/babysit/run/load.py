@@ -6,10 +6,12 @@ and ``babysit.load_run`` work on.
 from __future__ import annotations
 
 import contextlib
+import copy
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -17,9 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from babysit import config
+from babysit.data import Split
 from babysit.errors import BabysitError
 from babysit.run.prepare import prepare
-from babysit.rundir import weights_file
+from babysit.rundir import read_run, weights_file
 from babysit.train.checkpoint import load_checkpoint, load_weights
 
 # --------------------------------------------------------------------------- loading a run
@@ -83,6 +86,12 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
         raise BabysitError(f"{path}: no such run directory")
     if not (path / "config.yaml").is_file():
         raise BabysitError(f"{path}: not a run directory (no config.yaml); give the folder babysit train wrote")
+    recorded_by = _recorded_by(path)
+    if recorded_by is not None:
+        raise BabysitError(
+            f"{path}: recorded by babysit.{recorded_by} from a training loop of your own, so babysit cannot rebuild "
+            f"its network or data from config.yaml; from Python, give them: babysit.landscape_run(\"{path}\", "
+            "model=net, data=(x, y), loss_fn=loss_fn)")
     weights = weights_file(path)
     if weights is None:
         raise BabysitError(f"{path}: no checkpoint (checkpoints/best.pt or last.pt); the run stopped before saving one")
@@ -95,6 +104,71 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     model.eval()
     return LoadedRun(path=path, spec=spec, model=model, splits=splits, loss_fn=loss_fn, checkpoint=name,
                      device=device_used, initial_state=initial)
+
+
+def _recorded_by(path: Path) -> str | None:
+    """What wrote a run babysit did not drive (config.yaml's ``recorded_by``: ``watch``,
+    ``lightning``), or None for a run of ``babysit train``."""
+    try:
+        spec = config.safe_yaml((path / "config.yaml").read_text(encoding="utf-8", errors="replace"))
+    except (BabysitError, OSError, ValueError):
+        return None
+    by = spec.get("recorded_by") if isinstance(spec, dict) else None
+    return str(by) if by is not None else None
+
+
+class _LossModule(nn.Module):
+    """A loss function as a module (the landscape moves its loss to a device and dtype)."""
+
+    def __init__(self, fn: Any):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return self.fn(outputs, targets)
+
+
+def given_run(path: str | Path, model: nn.Module, data: tuple[Tensor, Tensor], loss_fn: Any) -> LoadedRun:
+    """A run with the network, data sample and loss the caller gives: a run babysit did not
+    drive (``babysit.watch``, the Lightning callback), whose config.yaml cannot rebuild them.
+    ``model`` is copied (yours is left as it is); ``data`` stands for the training split; the
+    initial weights come from ``checkpoints/initial.pt`` when the run saved them.
+
+    Example
+    -------
+    >>> import tempfile, torch
+    >>> from torch import nn
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "config.yaml").write_text("name: mine\\nrecorded_by: watch\\noptimizer: {name: sgd, lr: 0.1}\\n")
+    >>> loaded = given_run(folder, nn.Linear(3, 2), (torch.randn(8, 3), torch.randint(0, 2, (8,))), nn.CrossEntropyLoss())
+    >>> loaded.spec.run_name, loaded.spec.optimizer.lr, len(loaded.splits.train)
+    ('mine', 0.1, 8)
+    """
+    path = Path(path)
+    spec = read_run(path).spec
+    if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data)):
+        raise BabysitError("data: give an (x, y) pair of tensors, a sample of the training data")
+    if len(data[0]) != len(data[1]) or not len(data[0]):
+        raise BabysitError(f"data: x holds {len(data[0])} examples and y {len(data[1])}; give one target an input")
+    if not isinstance(model, nn.Module):
+        raise BabysitError(f"model: give the trained torch.nn.Module, got {type(model).__name__}")
+    if loss_fn is None or not callable(loss_fn):
+        raise BabysitError("loss_fn: give the training loss, loss_fn(outputs, targets) -> the batch mean")
+    settings = spec.get("optimizer") if isinstance(spec.get("optimizer"), dict) else {}
+    optimizer = SimpleNamespace(**{"name": "sgd", "lr": float("nan"), "momentum": 0.0, "weight_decay": 0.0,
+                                   **{k: v for k, v in settings.items() if k in ("name", "lr", "momentum",
+                                                                                 "weight_decay")}})
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    named = SimpleNamespace(run_name=str(spec.get("name") or path.name), optimizer=optimizer,
+                            schedule=SimpleNamespace(name="(your loop's)"), train=SimpleNamespace(device=device.type))
+    initial: dict[str, Tensor] = {}
+    if (path / "checkpoints" / "initial.pt").is_file():
+        initial = load_checkpoint(path / "checkpoints" / "initial.pt")["model"]
+    given = copy.deepcopy(model).eval()
+    loss = loss_fn if isinstance(loss_fn, nn.Module) else _LossModule(loss_fn)
+    x, y = data
+    splits = SimpleNamespace(train=Split(x.detach().cpu(), y.detach().cpu()))
+    return LoadedRun(path=path, spec=named, model=given, splits=splits, loss_fn=loss, checkpoint="the network given", device=device, initial_state=initial)
 
 
 def trajectory_files(run_dir: str | Path) -> list[Path]:
@@ -120,4 +194,4 @@ def load_trajectory(run_dir: str | Path, model: nn.Module) -> tuple[list[int], l
     return steps, states
 
 
-__all__ = ["LoadedRun", "load_run", "load_trajectory", "trajectory_files"]
+__all__ = ["LoadedRun", "given_run", "load_run", "load_trajectory", "trajectory_files"]
