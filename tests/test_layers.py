@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("babysit.train", "babysit.checks", "babysit.landscape"),
     ("babysit.families",),
     ("babysit.report",),
-    ("babysit.run",),
+    ("babysit.run", "babysit.lightning"),  # the Lightning callback keeps a run directory (run.watch)
     ("babysit.landscape.run", "babysit.landscape.figures", "babysit.tune", "babysit.studies"),
     ("babysit.cli", "babysit.__main__", "babysit"),
 ]
