@@ -18,6 +18,7 @@ from babysit.config import DataSpec, Experiment
 from babysit.data import Batches, LazyInputs, Preprocessor, StreamBatches, load
 from babysit.data.streaming import SAMPLE_EXAMPLES, bounded
 from babysit.errors import BabysitError
+from babysit.rundir import read_jsonl
 
 
 def write_image_folder(root: Path, count: int, size: int = 12, seed: int = 0, rgb: bool = False) -> Path:
@@ -240,3 +241,24 @@ def test_large_folder_streams_through_workers_and_learns(tmp_path):
     assert result.splits.streaming and result.summary["data"]["streamed"]
     assert result.summary["test_acc"] > 0.9
     assert not [f.id for f in result.findings if f.severity == "error"]
+
+
+@pytest.mark.slow
+def test_twenty_thousand_png_images_train_through_the_streaming_path(tmp_path):
+    """The issue's folder: 20,000 28x28 PNG images written here (62.7 MB as float32), streamed with
+    data.in_memory_limit far below that, through 2 DataLoader workers, for one epoch; the run records
+    the input wait the input_bound finding reads (benchmarks/streaming.py times the paths)."""
+    from babysit.run import run
+
+    root = write_image_folder(tmp_path / "images", 20_000, size=28)
+    spec_ = Experiment(name="twenty-thousand", seed=0,
+                       data={"source": "folder", "path": str(root), "in_memory_limit": "8MB", "workers": 2,
+                             "batch_size": 128},
+                       model={"kind": "cnn", "channels": [8, 8], "kernel_size": 3},
+                       optimizer={"name": "adam", "lr": 0.003}, train={"epochs": 1})
+    result = run(spec_, out=tmp_path / "run", quiet=True, report=False)
+    assert result.splits.streaming and result.summary["data"]["streamed"]
+    assert len(result.splits.train) + len(result.splits.val) + len(result.splits.test) == 20_000
+    assert result.summary["test_acc"] > 0.9  # 4 well-separated blob positions
+    epoch = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "epoch" in r][-1]
+    assert 0.0 <= epoch["input_wait"] <= 1.0 and epoch["input_wait_samples"] >= 5
