@@ -36,7 +36,7 @@ from babysit.lightning import Babysitter, lightning_preflight
 from babysit.run.runner import write_report
 
 REPEATS = 8
-EPOCHS = 10
+EPOCHS = 30
 BATCH = 128
 
 
