@@ -1,6 +1,8 @@
-"""``babysit.watch``: the live monitors for a training loop you wrote yourself.
+"""The live monitors for a training loop you wrote yourself: the core of ``babysit.watch``.
 
-Keras-style progressive disclosure: ``babysit train`` runs the monitors for you; with your
+:class:`Watch` samples and judges the monitors only; ``babysit.watch``
+(:mod:`babysit.run.watch`, a layer up) adds the learning curves, the run directory and the
+report. Keras-style progressive disclosure: ``babysit train`` runs the monitors for you; with your
 own loop, wrap it in ``watch(model, optimizer)`` and hand it each step's loss. It records
 per-layer statistics every ``every`` steps (module hooks and the optimizer's step hooks,
 see :mod:`babysit.checks.monitors`), guards against an exploding or non-finite loss, and
