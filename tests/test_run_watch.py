@@ -8,16 +8,20 @@ user would) and with its learning rate 100x too small, which must end in ``lr_to
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import babysit
+from babysit.checks.findings import OWN_LOOP_WORDING
 from babysit.errors import BabysitError
 from babysit.rundir import run_lock
 from helpers import run_cli
@@ -68,6 +72,7 @@ def test_the_readme_script_with_the_lr_100x_too_small_gets_lr_too_low(tmp_path, 
     runpy.run_path(str(tmp_path / "own_loop.py"), run_name="__main__")
     run = tmp_path / "runs" / "mine"
     assert {"lr_too_low", "not_converged"} <= set(_ids(run))
+    _assert_no_spec_keys(json.loads((run / "findings.json").read_text()))
     for name in ("config.yaml", "metrics.jsonl", "monitors.jsonl", "summary.json", "report.html",
                  "checkpoints/initial.pt", "checkpoints/last.pt"):
         assert (run / name).is_file(), name
@@ -165,3 +170,54 @@ def test_the_readme_script_runs_as_written_and_its_run_is_healthy(tmp_path, caps
     assert not [s for s in _severities(run) if s != "info"], _ids(run)
     code, out, err = run_cli(["report", str(run)], capsys)
     assert code == 0, err
+
+
+# a spec key, or the lr-find command (which needs a spec), in advice for a loop that has no spec
+SPEC_KEY = re.compile(r"\b(train|model|schedule|data|checks|regularization)\.[a-z_]+|"
+                      r"optimizer\.(grad_clip|weight_decay|lr|name|momentum)\b|babysit lr-find|init_std|bias_init")
+
+
+def _assert_no_spec_keys(findings) -> None:
+    for f in findings:
+        advice = f["advice"] if isinstance(f, dict) else f.advice
+        assert not SPEC_KEY.search(advice), (f["id"] if isinstance(f, dict) else f.id, advice)
+
+
+def test_the_wording_for_own_loops_replaces_phrases_the_rules_do_say():
+    # every phrase of the table is in some rule's advice, word for word (string literals as the
+    # parser joins them): a reworded rule makes the table stale, and this fails
+    texts = []
+    for path in (Path(babysit.__file__).parent / "checks").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                texts.append(node.value)
+    for spec_words, _ in OWN_LOOP_WORDING:
+        assert any(spec_words in text for text in texts), spec_words
+
+
+def test_advice_for_an_own_loop_names_no_spec_key(tmp_path):
+    # raw inputs, a zero-initialised layer and a learning rate that explodes: preflight, monitor and
+    # curve findings whose advice names spec keys in babysit train
+    torch.manual_seed(0)
+    x = torch.randn(256, 10) * 50 + 20
+    y = (x[:, 0] > 20).long()
+    net = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 2))
+    nn.init.zeros_(net[0].weight)
+    nn.init.zeros_(net[0].bias)
+    opt = torch.optim.SGD(net.parameters(), lr=5.0)
+    loss_fn = nn.CrossEntropyLoss()
+    with babysit.watch(net, opt, out=tmp_path / "bad", report=False, quiet=True) as w:
+        found = w.preflight(loss_fn, (x, y), checks=("inputs_not_normalized", "symmetric_init"))
+        for _ in range(3):
+            for i in range(0, 256, 32):
+                loss = loss_fn(net(x[i:i + 32]), y[i:i + 32])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if not w.step(loss):
+                    break
+            w.epoch()
+    assert {"inputs_not_normalized", "symmetric_init"} <= {f.id for f in found}
+    written = json.loads((w.path / "findings.json").read_text())
+    assert {"inputs_not_normalized", "symmetric_init"} <= {f["id"] for f in written}
+    _assert_no_spec_keys(written)

@@ -155,6 +155,53 @@ _EXPLAINS: dict[str, tuple[str, ...]] = {
 _RAISE_THE_LR = ("update_ratio_low", "lr_too_low")
 
 
+# A loop of the user's own (babysit.watch, the Lightning callback) has no spec: advice that names
+# a spec key there names what to change in the code instead. Each phrase appears word for word in
+# some rule's advice (tests/test_run_watch.py checks that none is stale, and that the advice an own
+# loop gets names no spec key).
+_LR_FIND = "babysit.tune.lr_finder.lr_find(model, loss_fn, make_optimizer, x, y, batch_size) suggests one"
+OWN_LOOP_WORDING: tuple[tuple[str, str], ...] = (
+    ("`babysit lr-find` suggests one", _LR_FIND),
+    ("babysit lr-find suggests one", _LR_FIND),
+    ("(schedule.warmup_steps)", "(a warmup schedule, e.g. torch.optim.lr_scheduler.LinearLR)"),
+    ("(optimizer.grad_clip)", "(torch.nn.utils.clip_grad_norm_ between backward and step)"),
+    ("raise train.epochs, e.g. 2x; early stopping ends the run when validation stops improving",
+     "e.g. 2x the epochs, and keep the weights of the epoch with the lowest validation loss"),
+    ("(optimizer.weight_decay)", "(the optimizer's weight_decay)"),
+    ("(model.dropout)", "(nn.Dropout)"),
+    ("Turn on early stopping (train.early_stopping.patience) to keep the best epoch's weights",
+     "Keep the weights of the epoch with the lowest validation loss (early stopping)"),
+    ("more or wider layers, model.hidden / model.channels", "more or wider layers"),
+    ("(model.kind: resnet)", "(residual blocks)"),
+    ("(data.preprocess: [standardize])", "(e.g. sklearn's StandardScaler, fitted on the training set)"),
+    ("(model.init: kaiming for ReLU, xavier for tanh)",
+     "(torch.nn.init.kaiming_normal_ for ReLU, xavier_normal_ for tanh)"),
+    ("(model.init: kaiming or xavier instead of a fixed init_std)",
+     "(torch.nn.init.kaiming_normal_ or xavier_normal_ instead of a fixed std)"),
+    (" The last good checkpoint is kept.", ""),
+    ("check bias_init (a negative bias", "check the biases' initial values (a negative bias"),
+    ("leaky_relu / elu, which", "nn.LeakyReLU / nn.ELU, which"),
+)
+
+
+def own_loop_advice(findings: list[Finding]) -> list[Finding]:
+    """The findings with their advice worded for a training loop of the user's own: the spec
+    keys it names become what to change in the code (:data:`OWN_LOOP_WORDING`).
+
+    Example
+    -------
+    >>> [f.advice for f in own_loop_advice([Finding("overfitting", "info", "", "add dropout (model.dropout)", {})])]
+    ['add dropout (nn.Dropout)']
+    """
+    reworded = []
+    for finding in findings:
+        advice = finding.advice
+        for spec_words, code_words in OWN_LOOP_WORDING:
+            advice = advice.replace(spec_words, code_words)
+        reworded.append(replace(finding, advice=advice))
+    return reworded
+
+
 def reconcile(findings: list[Finding]) -> list[Finding]:
     """The findings with the contradictions resolved: a finding that another explains (advice
     to raise the learning rate next to dead units, accumulating gradients, a diverged run or
@@ -279,4 +326,4 @@ def _first_sentence(text: str) -> str:
 
 
 __all__ = ["DATA_PREFLIGHT_IDS", "FINDINGS", "MODEL_PREFLIGHT_IDS", "PREFLIGHT_IDS", "SEVERITIES", "Finding",
-           "finding_lines", "findings_markdown", "findings_table", "reconcile", "sort_findings", "write_findings"]
+           "OWN_LOOP_WORDING", "finding_lines", "findings_markdown", "findings_table", "own_loop_advice", "reconcile", "sort_findings", "write_findings"]

@@ -61,6 +61,7 @@ from babysit.checks.diagnose import diagnose
 from babysit.checks.findings import (
     Finding,
     findings_markdown,
+    own_loop_advice,
     reconcile,
     sort_findings,
     write_findings,
@@ -245,7 +246,7 @@ class RunWatch(Watch):
     def preflight(self, loss_fn: Any, data: Any, **options: Any) -> list[Finding]:
         """:func:`babysit.preflight` on the watched model (before training), its findings kept
         for the run's findings.json and report."""
-        found = preflight_checks(self.model, loss_fn, data, **options)
+        found = own_loop_advice(preflight_checks(self.model, loss_fn, data, **options))
         self.add_findings(found)
         return found
 
@@ -264,7 +265,8 @@ class RunWatch(Watch):
 
     def findings(self) -> list[Finding]:
         """The monitors' findings, the curve diagnosis of the logged epochs (once there are
-        any) and the preflight's, reconciled and most severe first."""
+        any) and the preflight's, reconciled and most severe first, their advice worded for
+        your code (:func:`~babysit.checks.findings.own_loop_advice`)."""
         monitored = super().findings()  # sets the monitor's chance loss
         records = self.monitor.records
         initial = records[0].get("loss") if records else None
@@ -275,7 +277,8 @@ class RunWatch(Watch):
                           chance_loss=self.monitor.chance_loss, epochs_planned=self.epochs_planned,
                           early_stopping=False,
                           update_ratios=monitor_summary(records)["update_ratio_median"] if records else None)
-        return sort_findings(reconcile([*self._preflight, *monitored, *curves]))
+        # advice in the words of the user's code, not of a spec they do not have
+        return own_loop_advice(sort_findings(reconcile([*self._preflight, *monitored, *curves])))
 
     def close(self) -> None:
         """Remove the hooks; with a run directory, write the findings, summary, weights and
