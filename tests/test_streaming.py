@@ -205,6 +205,25 @@ def test_streamed_run_trains_to_the_same_weights(folder, tmp_path):
     assert streamed.summary["test_acc"] == whole.summary["test_acc"]
 
 
+@pytest.mark.slow
+def test_a_streamed_run_resumed_ends_with_the_weights_of_an_uninterrupted_one(folder, tmp_path):
+    """1 epoch, then --resume to 3 (training continues from last.pt: the batches' generator, the
+    preprocessing refitted by the same streaming pass), against 3 epochs straight: every tensor equal."""
+    from babysit.run import run
+
+    def streamed(epochs):
+        made = spec(folder, {"preflight": False}, in_memory_limit=0)
+        made.train.epochs = epochs
+        return made
+
+    straight = run(streamed(3), out=tmp_path / "straight", quiet=True, report=False)
+    run(streamed(1), out=tmp_path / "resumed", quiet=True, report=False)
+    resumed = run(streamed(3), out=tmp_path / "resumed", resume=True, quiet=True, report=False)
+    assert resumed.splits.streaming and resumed.summary["steps"] == straight.summary["steps"]
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_streamed_run_refuses_what_needs_memory(folder):
     from babysit.run.runner import assemble
 
