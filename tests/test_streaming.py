@@ -235,6 +235,14 @@ def test_streamed_run_refuses_what_needs_memory(folder):
         assemble(autoencoder)
 
 
+def test_cross_validation_folds_refuse_streamed_data_in_one_line(folder):
+    from babysit.tune.folds import cross_validation_folds
+
+    with pytest.raises(BabysitError, match="--folds: the data streams from disk"):
+        cross_validation_folds(spec(folder, in_memory_limit=0), 2)
+    assert len(cross_validation_folds(spec(folder), 2)) == 2  # in memory: as before
+
+
 def test_leakage_search_is_bounded_on_streamed_data(folder):
     from babysit.checks.data_checks import data_findings
 

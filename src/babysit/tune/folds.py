@@ -37,6 +37,10 @@ def cross_validation_folds(spec: Experiment, folds: int) -> list[Splits]:
     ([80, 80, 80], 240)
     """
     pooled = data_module.load(spec.data.model_copy(update={"val_fraction": 0.0, "preprocess": []}))
+    if pooled.streaming:  # each fold would gather its examples into memory
+        raise BabysitError("--folds: the data streams from disk (larger than data.in_memory_limit), and the folds "
+                           "would hold it all in memory; search on the validation split (no --folds) or raise "
+                           "data.in_memory_limit")
     x, y = pooled.train.x, pooled.train.y
     n = len(x)
     if folds < 2 or n < folds:
