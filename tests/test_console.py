@@ -184,6 +184,7 @@ search:
 """
 
 
+@pytest.mark.slow  # a subprocess of its own: 8-16 s
 def test_ctrl_c_during_a_search_prints_one_line_and_exits_130(tmp_path):
     """train's Ctrl-C is tested in test_hostile; a search runs trials inside Optuna, which must not
     swallow it as a failed trial."""

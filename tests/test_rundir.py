@@ -99,6 +99,7 @@ def test_a_lock_whose_holder_died_is_taken_over(tmp_path):
         pass
 
 
+@pytest.mark.slow  # a subprocess of its own: 8-16 s
 def test_two_runs_on_one_out_one_is_refused_the_other_intact(tmp_path, capsys):
     out = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "babysit", "train", "data.source=spirals", "data.samples=3000",
@@ -141,6 +142,7 @@ KILL = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a subprocess of its own: 8-16 s
 def test_a_kill_in_the_first_epoch_resumes_from_the_step_0_checkpoint(tmp_path, capsys):
     script = tmp_path / "kill.py"
     script.write_text(KILL)
