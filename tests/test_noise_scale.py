@@ -17,6 +17,7 @@ and a Monte Carlo draw checks that algebra first.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import statistics
@@ -416,6 +417,11 @@ def test_the_ddp_hook_packs_the_local_norm_into_the_all_reduce_and_keeps_the_gra
                 assert (small, big) == (len(x), len(x))
         assert buckets.count(0) == 1 and buckets.count(2) >= 2  # after the first step, the small buckets
     finally:
+        # DDP's reducer goes first, while its gloo group is alive: freed after destroy_process_group
+        # (when the test's frame goes), the group's destructor waited on its threads forever, now
+        # and then (a full `make test` hung there)
+        wrapped = trainer = hook = None
+        gc.collect()
         dist.destroy_process_group()
 
 
