@@ -77,14 +77,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import random
 import sys
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -92,6 +90,7 @@ from torch import Tensor, nn
 from babysit.checks.findings import Finding, findings_markdown
 from babysit.checks.preflight import preflight as preflight_checks
 from babysit.config import EXPLOSION_FACTOR
+from babysit.run.load import global_rng_kept
 from babysit.run.watch import RunWatch
 
 
@@ -276,24 +275,6 @@ def _without_prefix(found: Finding, prefix: str) -> Finding:
                                evidence=evidence)
 
 
-class _RandomStateKept:
-    """Every random number generator training code may use (torch CPU / CUDA, numpy, random),
-    saved on entry and restored on exit."""
-
-    def __enter__(self) -> None:
-        self._torch = torch.get_rng_state()
-        self._cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        self._numpy = np.random.get_state()
-        self._random = random.getstate()
-
-    def __exit__(self, *exc: Any) -> None:
-        torch.set_rng_state(self._torch)
-        if self._cuda is not None:
-            torch.cuda.set_rng_state_all(self._cuda)
-        np.random.set_state(self._numpy)
-        random.setstate(self._random)
-
-
 def lightning_preflight(module: nn.Module, batch: Any, *, seed: int = 0,
                         checks: tuple[str, ...] = FORWARD_CHECKS + STEP_CHECKS
                         ) -> tuple[list[Finding], dict[str, str]]:
@@ -323,7 +304,7 @@ def lightning_preflight(module: nn.Module, batch: Any, *, seed: int = 0,
     """
     found: list[Finding] = []
     skipped: dict[str, str] = {}
-    with _RandomStateKept(), warnings.catch_warnings():
+    with global_rng_kept(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log() on a copy without a trainer warns on every call
         forward = [c for c in checks if c in FORWARD_CHECKS]
         if forward:

@@ -50,8 +50,11 @@ class LoadedRun:
 
 
 @contextlib.contextmanager
-def _global_rng_kept() -> Iterator[None]:
-    """Training seeds the global RNGs; rebuilding a run must not move the caller's."""
+def global_rng_kept() -> Iterator[None]:
+    """Every global random number generator (random, numpy, torch's CPU one and CUDA's once
+    initialised) as it was on entry, again on exit: training seeds them, and rebuilding a run
+    or a preflight on a user's module must not move the caller's."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     try:
         yield
@@ -59,6 +62,8 @@ def _global_rng_kept() -> Iterator[None]:
         random.setstate(states[0])
         np.random.set_state(states[1])
         torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
@@ -97,7 +102,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
         raise BabysitError(f"{path}: no checkpoint (checkpoints/best.pt or last.pt); the run stopped before saving one")
     checkpoints, name = weights.parent, weights.name
     spec = config.load(path / "config.yaml", [f"train.device={torch.device(device).type}"])
-    with _global_rng_kept():
+    with global_rng_kept():
         device_used, splits, model, loss_fn = prepare(spec)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     load_weights(model, load_checkpoint(checkpoints / name, map_location=device_used), checkpoints / name)
@@ -194,4 +199,4 @@ def load_trajectory(run_dir: str | Path, model: nn.Module) -> tuple[list[int], l
     return steps, states
 
 
-__all__ = ["LoadedRun", "given_run", "load_run", "load_trajectory", "trajectory_files"]
+__all__ = ["LoadedRun", "given_run", "global_rng_kept", "load_run", "load_trajectory", "trajectory_files"]
