@@ -29,6 +29,21 @@ from torch import Tensor
 from babysit.errors import BabysitError
 
 
+def batch_length(n_x: int, n_y: int, batch_size: int | str, owner: str) -> int:
+    """The examples of one batch of ``n_x`` inputs and ``n_y`` targets: ``batch_size``, at
+    most all of them (``'full'``: all), and 1 for an empty set (which yields no batches rather
+    than failing); a mismatch or a bad size is a ValueError naming ``owner``.
+
+    >>> batch_length(10, 10, "full", "Batches"), batch_length(10, 10, 4, "Batches")
+    (10, 4)
+    """
+    if n_x != n_y:
+        raise ValueError(f"{owner}: x has {n_x} examples but y has {n_y}")
+    if batch_size != "full" and not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"{owner}: batch_size must be a positive int or 'full', got {batch_size!r}")
+    return max(n_x if batch_size == "full" else min(int(batch_size), n_x), 1)
+
+
 class Batches:
     """Shuffled (or ordered) mini-batches of ``(x, y)``; iterate once per epoch.
 
@@ -58,14 +73,9 @@ class Batches:
         if getattr(x, "streamed", False):  # a LazyInputs: x[perm] below would read the whole set into memory
             raise BabysitError("data.in_memory_limit: this command needs the training split in memory, and the "
                                "data set is larger than data.in_memory_limit; raise it (or train with babysit train)")
-        if len(x) != len(y):
-            raise ValueError(f"Batches: x has {len(x)} examples but y has {len(y)}")
-        if batch_size != "full" and not (isinstance(batch_size, int) and batch_size >= 1):
-            raise ValueError(f"Batches: batch_size must be a positive int or 'full', got {batch_size!r}")
         self.x, self.y = x, y
         self.n = len(x)
-        full = self.n if batch_size == "full" else min(int(batch_size), self.n)
-        self.batch_size = max(full, 1)  # an empty dataset yields no batches rather than failing
+        self.batch_size = batch_length(len(x), len(y), batch_size, "Batches")
         self.generator = generator
         self.shuffle = shuffle
         self.rank, self.world_size = rank, world_size

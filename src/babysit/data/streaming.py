@@ -47,6 +47,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from babysit.config import DataSpec
+from babysit.data.batching import batch_length
 from babysit.data.preprocess import Preprocessor
 from babysit.data.raw import RawData
 from babysit.data.sources import (
@@ -468,13 +469,9 @@ class StreamBatches:
 
     def __init__(self, x: LazyInputs, y: Tensor, batch_size: int | str, generator: torch.Generator | None,
                  shuffle: bool = True):
-        if len(x) != len(y):
-            raise ValueError(f"StreamBatches: x has {len(x)} examples but y has {len(y)}")
-        if batch_size != "full" and not (isinstance(batch_size, int) and batch_size >= 1):
-            raise ValueError(f"StreamBatches: batch_size must be a positive int or 'full', got {batch_size!r}")
         self.x, self.y = x, y
         self.n = len(x)
-        self.batch_size = max(self.n if batch_size == "full" else min(int(batch_size), self.n), 1)
+        self.batch_size = batch_length(len(x), len(y), batch_size, "StreamBatches")
         self.generator, self.shuffle = generator, shuffle
         self.order: Tensor | None = None  # this epoch's permutation (CPU), None: 0..n-1
         self._sampler = _Chunks()
